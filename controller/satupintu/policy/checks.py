@@ -1,0 +1,218 @@
+"""Cross-checks the schema cannot express: uniqueness, overlaps, sums, schedules."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterator
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from satupintu.policy.errors import Issue
+from satupintu.policy.model import DAYS, Policy
+from satupintu.policy.schedule import resolve_allocations, weekly_intervals
+from satupintu.policy.source import Located
+from satupintu.policy.units import format_rate
+
+WIFI_FLOOR_WARN_FRACTION = 0.10
+
+
+def cross_check(policy: Policy, located: Located) -> list[Issue]:
+    issues: list[Issue] = []
+
+    def report(path: tuple, message: str, severity: str = "error") -> None:
+        line, col = located.position(path)
+        issues.append(Issue(located.file, line, col, message, severity))
+
+    _check_identity(policy, report)
+    _check_classes(policy, report)
+    _check_prefixes(policy, report)
+    _check_allocations(policy, report)
+    _check_schedules(policy, report)
+    _check_sums(policy, report)
+    return issues
+
+
+def _owners(policy: Policy) -> Iterator[tuple[str, int, object]]:
+    for index, opd in enumerate(policy.opds):
+        yield "opds", index, opd
+    for index, pool in enumerate(policy.public_wifi):
+        yield "public_wifi", index, pool
+
+
+def _check_identity(policy: Policy, report) -> None:
+    seen_ids: dict[int, tuple] = {}
+    seen_codes: dict[str, tuple] = {}
+    for section, index, owner in _owners(policy):
+        here = (section, index)
+        if owner.id in seen_ids:
+            report(here + ("id",), f"id {owner.id} is already used by {_name(policy, seen_ids[owner.id])}; "
+                                   "ids must be unique across opds and public_wifi")
+        else:
+            seen_ids[owner.id] = here
+        if owner.code in seen_codes:
+            report(here + ("code",), f"code '{owner.code}' is already used by {_name(policy, seen_codes[owner.code])}")
+        else:
+            seen_codes[owner.code] = here
+
+
+def _name(policy: Policy, where: tuple) -> str:
+    section, index = where
+    owner = getattr(policy, section)[index]
+    return f"{section}[{index}] ({owner.code})"
+
+
+def _check_classes(policy: Policy, report) -> None:
+    by_key: dict[tuple[str, object], int] = {}
+    for index, klass in enumerate(policy.classes):
+        for key in ("id", "name", "dscp"):
+            value = getattr(klass, key)
+            if (key, value) in by_key:
+                report(("classes", index, key),
+                       f"class {key} {value!r} is already used by classes[{by_key[(key, value)]}] "
+                       f"({policy.classes[by_key[(key, value)]].name}); each class needs its own {key}")
+            else:
+                by_key[(key, value)] = index
+    names = [klass.name for klass in policy.classes]
+    if policy.default_class not in names:
+        report(("default_class",), f"default_class '{policy.default_class}' is not a class (classes: {', '.join(names)})")
+    total_share = sum(klass.share_percent for klass in policy.classes)
+    if total_share > 100:
+        report(("classes",), f"share_percent of all classes adds up to {total_share}%; at most 100% of a guarantee "
+                             "can be reserved for classes")
+
+
+def _check_prefixes(policy: Policy, report) -> None:
+    entries = []
+    for section, index, owner in _owners(policy):
+        for prefix_index, text in enumerate(owner.prefixes):
+            network = ipaddress.ip_network(text)
+            entries.append((network.version, int(network.network_address), int(network.broadcast_address),
+                            network.prefixlen, (section, index, "prefixes", prefix_index), owner.code, text))
+    entries.sort()
+    last_end: dict[int, tuple] = {}
+    for version, start, end, _, path, code, text in entries:
+        previous = last_end.get(version)
+        if previous is not None and start <= previous[0]:
+            _, other_path, other_code, other_text = previous
+            what = "repeats" if (other_text == text) else "overlaps"
+            owner_note = "the same owner" if other_code == code else f"{other_code}"
+            report(path, f"prefix {text} {what} {other_text} of {owner_note} ({_dotted(other_path)}); "
+                         "each address must belong to exactly one OPD or pool")
+            if end > previous[0]:
+                last_end[version] = (end, path, code, text)
+        else:
+            last_end[version] = (end, path, code, text)
+
+
+def _dotted(path: tuple) -> str:
+    return "".join(f"[{p}]" if isinstance(p, int) else (f".{p}" if i else p) for i, p in enumerate(path))
+
+
+def _check_allocations(policy: Policy, report) -> None:
+    capacity = {"download": policy.backbone.download, "upload": policy.backbone.upload}
+    for index, opd in enumerate(policy.opds):
+        for direction in ("download", "upload"):
+            allocation = getattr(opd, direction)
+            here = ("opds", index, direction)
+            if allocation.guaranteed > allocation.ceiling:
+                report(here + ("guaranteed",), f"{opd.code} {direction}: guaranteed {format_rate(allocation.guaranteed)} "
+                                               f"is above its ceiling {format_rate(allocation.ceiling)}")
+            if allocation.ceiling > capacity[direction]:
+                report(here + ("ceiling",), f"{opd.code} {direction}: ceiling {format_rate(allocation.ceiling)} is above "
+                                            f"the backbone {direction} capacity {format_rate(capacity[direction])}")
+            cap = getattr(opd.hard_cap, direction) if opd.hard_cap else None
+            if cap is not None and cap < allocation.guaranteed:
+                report(("opds", index, "hard_cap", direction),
+                       f"{opd.code} {direction}: hard cap {format_rate(cap)} is below its guarantee "
+                       f"{format_rate(allocation.guaranteed)}, which could then never be met")
+    for index, pool in enumerate(policy.public_wifi):
+        for direction in ("download", "upload"):
+            floor = getattr(pool.floor, direction)
+            ceiling = getattr(pool.ceiling, direction) if pool.ceiling else capacity[direction]
+            if floor > ceiling:
+                report(("public_wifi", index, "floor", direction),
+                       f"{pool.code} {direction}: floor {format_rate(floor)} is above its ceiling {format_rate(ceiling)}")
+            if ceiling > capacity[direction]:
+                report(("public_wifi", index, "ceiling", direction),
+                       f"{pool.code} {direction}: ceiling {format_rate(ceiling)} is above the backbone capacity "
+                       f"{format_rate(capacity[direction])}")
+            if floor > capacity[direction] * WIFI_FLOOR_WARN_FRACTION:
+                report(("public_wifi", index, "floor", direction),
+                       f"{pool.code} {direction}: floor {format_rate(floor)} is more than 10% of capacity; "
+                       "public Wi-Fi is meant to take leftovers", "warning")
+
+
+def _check_schedules(policy: Policy, report) -> None:
+    try:
+        ZoneInfo(policy.timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        report(("timezone",), f"unknown time zone '{policy.timezone}' (e.g. Asia/Jakarta for WIB, Asia/Makassar "
+                              "for WITA, Asia/Jayapura for WIT)")
+    codes = {opd.code: opd for opd in policy.opds}
+    taken: list[tuple[int, int, int]] = []  # (start, end, schedule index) in minutes of the week
+    for index, schedule in enumerate(policy.schedules):
+        here = ("schedules", index)
+        if schedule.start == schedule.end:
+            report(here + ("end",), f"schedule '{schedule.name}': start and end are both {_clock(schedule.start)}; "
+                                    "an empty window never applies")
+            continue
+        for code in schedule.opds:
+            if code not in codes:
+                report(here + ("opds", code), f"schedule '{schedule.name}': no OPD has code '{code}'")
+        for start, end in weekly_intervals(schedule):
+            for other_start, other_end, other in taken:
+                if start < other_end and other_start < end and other != index:
+                    day = DAYS[(start // 1440) % 7]
+                    report(here + ("days",), f"schedule '{schedule.name}' overlaps '{policy.schedules[other].name}' "
+                                             f"on {day}; windows must not overlap")
+                    break
+            else:
+                continue
+            break
+        taken.extend((start, end, index) for start, end in weekly_intervals(schedule))
+        if any(code not in codes for code in schedule.opds):
+            continue
+        allocations = resolve_allocations(policy, schedule.name)
+        for code, override in schedule.opds.items():
+            for direction in ("download", "upload"):
+                if getattr(override, direction) is None:
+                    continue
+                guaranteed, ceiling = allocations[codes[code].id][direction]
+                if guaranteed > ceiling:
+                    report(here + ("opds", code, direction),
+                           f"schedule '{schedule.name}': {code} {direction} guaranteed {format_rate(guaranteed)} "
+                           f"is above its ceiling {format_rate(ceiling)}")
+                capacity = getattr(policy.backbone, direction)
+                if ceiling > capacity:
+                    report(here + ("opds", code, direction),
+                           f"schedule '{schedule.name}': {code} {direction} ceiling {format_rate(ceiling)} is above "
+                           f"the backbone capacity {format_rate(capacity)}")
+
+
+def _clock(minutes: int) -> str:
+    return f"{minutes // 60:02d}:{minutes % 60:02d}"
+
+
+def _check_sums(policy: Policy, report) -> None:
+    windows = [None] + [schedule.name for schedule in policy.schedules]
+    for window in windows:
+        allocations = resolve_allocations(policy, window)
+        for direction in ("download", "upload"):
+            capacity = getattr(policy.backbone, direction)
+            total = sum(alloc[direction][0] for alloc in allocations.values())
+            total += sum(getattr(pool.floor, direction) for pool in policy.public_wifi)
+            total += unclassified_rate(policy, direction)
+            if total <= capacity:
+                continue
+            where = "" if window is None else f" during schedule '{window}'"
+            message = (f"{direction}: guarantees{where} add up to {format_rate(total)} (OPDs + Wi-Fi floors + "
+                       f"unclassified), above the capacity {format_rate(capacity)}")
+            if policy.allow_oversubscription:
+                report(("backbone", direction), message + "; allowed by allow_oversubscription", "warning")
+            else:
+                report(("backbone", direction), message + "; lower guarantees or set allow_oversubscription: true")
+
+
+def unclassified_rate(policy: Policy, direction: str) -> int:
+    if policy.unclassified is not None:
+        return getattr(policy.unclassified, direction)
+    return max(getattr(policy.backbone, direction) // 100, 8_000)

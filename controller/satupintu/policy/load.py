@@ -1,0 +1,112 @@
+"""Load a policy file: parse, validate the schema, cross-check, and report every problem
+at once with its file, line and column."""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import BaseModel, ValidationError
+
+from satupintu.policy.checks import cross_check
+from satupintu.policy.errors import Issue, PolicyError
+from satupintu.policy.model import Policy
+from satupintu.policy.source import Located, decode, load_yaml, read_text
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedPolicy:
+    policy: Policy
+    warnings: tuple[Issue, ...]
+    sha256: str
+    file: str
+
+
+def load_policy(path: str | Path) -> LoadedPolicy:
+    name, text = read_text(path)
+    return load_policy_text(text, name)
+
+
+def load_policy_bytes(raw: bytes, name: str = "<policy>") -> LoadedPolicy:
+    return load_policy_text(decode(name, raw), name)
+
+
+def load_policy_text(text: str, name: str = "<policy>") -> LoadedPolicy:
+    located = load_yaml(name, text)
+    if not isinstance(located.data, dict):
+        kind = "a list" if isinstance(located.data, list) else f"a single value ({type(located.data).__name__})"
+        raise PolicyError([Issue(name, 1, 1, f"top level is {kind}; a policy is a mapping with keys "
+                                             "version, name, backbone, classes, opds, ...")])
+    try:
+        policy = Policy.model_validate(located.data)
+    except ValidationError as exc:
+        raise PolicyError(schema_issues(exc, located, Policy)) from None
+    issues = cross_check(policy, located)
+    errors = [issue for issue in issues if issue.severity == "error"]
+    if errors:
+        raise PolicyError(issues)
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return LoadedPolicy(policy, tuple(issues), digest, name)
+
+
+def schema_issues(exc: ValidationError, located: Located, root: type[BaseModel]) -> list[Issue]:
+    issues = []
+    for error in exc.errors(include_url=False):
+        loc = tuple(part for part in error["loc"] if not (isinstance(part, str) and "[" in part))
+        line, col = located.position(loc)
+        where = _dotted(loc)
+        kind = error["type"]
+        if kind == "extra_forbidden":
+            allowed = _allowed_keys(root, loc[:-1])
+            guess = difflib.get_close_matches(str(loc[-1]), allowed, n=1, cutoff=0.6)
+            hint = f"; did you mean '{guess[0]}'?" if guess else ""
+            message = f"unknown key '{loc[-1]}'{hint} (allowed here: {', '.join(allowed)})"
+            where = _dotted(loc[:-1])
+        elif kind == "missing":
+            message = f"missing required key '{loc[-1]}'"
+            where = _dotted(loc[:-1])
+        else:
+            message = _clean(error["msg"])
+            if kind == "literal_error" or kind.endswith("_type") or kind == "string_pattern_mismatch":
+                message += f" (got {error.get('input')!r})"
+        prefix = f"{where}: " if where else ""
+        issues.append(Issue(located.file, line, col, prefix + message))
+    return issues
+
+
+def _clean(message: str) -> str:
+    return message.removeprefix("Value error, ")
+
+
+def _dotted(loc: tuple) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def _allowed_keys(root: type[BaseModel], loc: tuple) -> list[str]:
+    """Field names of the model found at `loc` (walking lists, dicts and optionals)."""
+    model: type[BaseModel] | None = root
+    for part in loc:
+        if model is None:
+            break
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part))
+        if field is None:  # a dict key (e.g. an OPD code in a schedule): same value model
+            continue
+        model = _model_in(field.annotation)
+    return sorted(model.model_fields) if model else []
+
+
+def _model_in(annotation: object) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _model_in(arg)
+        if found:
+            return found
+    return None
