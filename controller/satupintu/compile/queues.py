@@ -1,0 +1,136 @@
+"""Policy -> HTB tree + u32 classifier for the two bottleneck ports of the gateway.
+
+Borrowing only works among classes of one qdisc, so every direction has exactly one
+tree: upload on the gateway's upstream port, download on its backbone trunk.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+
+from satupintu.compile.plan import (
+    ROOT_MINOR,
+    UNCLASSIFIED_MINOR,
+    WIFI_PRIORITY,
+    Direction,
+    HtbClass,
+    QueuePlan,
+    U32Rule,
+    leaf_minor,
+    owner_minor,
+)
+from satupintu.policy.checks import unclassified_rate
+from satupintu.policy.model import Policy
+from satupintu.policy.schedule import Allocations
+from satupintu.topology import Topology
+
+MTU_FRAME_BYTES = 1514
+BURST_SECONDS = 0.005  # 5 ms of the rate: enough for a timer tick and a batch from OVS
+QUANTUM_SCALE_BYTES = 400_000  # quantum = guarantee/capacity * this: excess shared by guarantee
+MIN_QUANTUM_BYTES = 1000
+MAX_NODES_PER_LIST = 510  # u32 node ids are 12 bits; 8 per prefix
+LEAF_QUEUE_SECONDS = 0.1
+MIN_LEAF_LIMIT_BYTES = 30_000
+
+
+class CompileError(ValueError):
+    """The policy is valid but cannot be expressed on this data plane."""
+
+
+def scaled(rate_bps: int, scale: float) -> int:
+    return max(8_000, round(rate_bps * scale))
+
+
+def _burst(rate_bps: int) -> int:
+    return max(2 * MTU_FRAME_BYTES, math.ceil(rate_bps / 8 * BURST_SECONDS))
+
+
+def _quantum(guaranteed_bps: int, capacity_bps: int) -> int:
+    return max(MIN_QUANTUM_BYTES, round(guaranteed_bps / capacity_bps * QUANTUM_SCALE_BYTES))
+
+
+def _htb(minor: int, parent: int | None, rate: int, ceil: int, quantum: int, prio: int, owner: int,
+         class_id: int, leaf: bool, label: str) -> HtbClass:
+    return HtbClass(minor, parent, rate, ceil, _burst(rate), _burst(ceil), quantum, prio, owner, class_id, leaf, label)
+
+
+def build_queue_plans(policy: Policy, allocations: Allocations, topology: Topology, scale: float) -> list[QueuePlan]:
+    plans = []
+    for direction, port in ((Direction.UPLOAD, topology.upstream_port), (Direction.DOWNLOAD, topology.backbone_port)):
+        classes = _classes(policy, allocations, direction, scale)
+        plans.append(QueuePlan(
+            switch=topology.gateway,
+            port=topology.interface(topology.gateway, port),
+            direction=direction,
+            capacity_bps=scaled(getattr(policy.backbone, direction.value), scale),
+            default_minor=UNCLASSIFIED_MINOR,
+            classes=tuple(classes),
+            rules=tuple(_rules(policy)),
+            leaf_limit_bytes={c.minor: max(MIN_LEAF_LIMIT_BYTES, round(c.ceil_bps / 8 * LEAF_QUEUE_SECONDS))
+                              for c in classes if c.is_leaf},
+        ))
+    return plans
+
+
+def _classes(policy: Policy, allocations: Allocations, direction: Direction, scale: float) -> list[HtbClass]:
+    key = direction.value
+    capacity = scaled(getattr(policy.backbone, key), scale)
+    unclassified = scaled(unclassified_rate(policy, key), scale)
+    classes = [
+        _htb(ROOT_MINOR, None, capacity, capacity, _quantum(capacity, capacity), 0, 0, 0, False, "root"),
+        _htb(UNCLASSIFIED_MINOR, ROOT_MINOR, unclassified, capacity, _quantum(unclassified, capacity),
+             WIFI_PRIORITY, 0, 0, True, "unclassified"),
+    ]
+    traffic_classes = sorted(policy.classes, key=lambda klass: klass.id)
+    for opd in sorted(policy.opds, key=lambda item: item.id):
+        guaranteed, ceiling = (scaled(value, scale) for value in allocations[opd.id][key])
+        ceiling = min(ceiling, capacity)
+        quantum = _quantum(guaranteed, capacity)
+        minor = owner_minor(opd.id)
+        classes.append(_htb(minor, ROOT_MINOR, guaranteed, ceiling, quantum, 0, opd.id, 0, False, opd.code))
+        for klass in traffic_classes:
+            leaf_rate = max(8_000, guaranteed * klass.share_percent // 100)
+            classes.append(_htb(leaf_minor(opd.id, klass.id), minor, leaf_rate, ceiling, quantum, klass.priority,
+                                opd.id, klass.id, True, f"{opd.code}/{klass.name}"))
+    for pool in sorted(policy.public_wifi, key=lambda item: item.id):
+        floor = scaled(getattr(pool.floor, key), scale)
+        ceiling = scaled(getattr(pool.ceiling, key), scale) if pool.ceiling else capacity
+        classes.append(_htb(owner_minor(pool.id), ROOT_MINOR, floor, min(ceiling, capacity),
+                            _quantum(floor, capacity), WIFI_PRIORITY, pool.id, 0, True, pool.code))
+    return classes
+
+
+def _rules(policy: Policy) -> list[U32Rule]:
+    """u32 rules: per OPD prefix one rule per DSCP class then a catch-all to the default leaf.
+
+    Node numbers come from the sorted prefix order inside each list, never from file order.
+    """
+    classes = sorted(policy.classes, key=lambda klass: klass.id)
+    default = next(klass for klass in classes if klass.name == policy.default_class)
+    entries: list[tuple[ipaddress.IPv4Network, int, bool]] = []
+    for opd in policy.opds:
+        entries.extend((ipaddress.IPv4Network(p), opd.id, False) for p in opd.prefixes if ":" not in p)
+    for pool in policy.public_wifi:
+        entries.extend((ipaddress.IPv4Network(p), pool.id, True) for p in pool.prefixes if ":" not in p)
+    lists: dict[int | None, list[tuple[ipaddress.IPv4Network, int, bool]]] = {}
+    for network, owner, is_pool in entries:
+        bucket = int(network.network_address) >> 8 & 0xFF if network.prefixlen >= 24 else None
+        lists.setdefault(bucket, []).append((network, owner, is_pool))
+    rules: list[U32Rule] = []
+    for bucket, members in lists.items():
+        if len(members) > MAX_NODES_PER_LIST:
+            raise CompileError(f"{len(members)} prefixes share u32 list {bucket}; at most {MAX_NODES_PER_LIST}")
+        members.sort(key=lambda item: (-item[0].prefixlen, int(item[0].network_address)))
+        for rank, (network, owner, is_pool) in enumerate(members):
+            base = rank * 8 + 1
+            prefix = str(network)
+            if is_pool:
+                rules.append(U32Rule(prefix, None, owner_minor(owner), bucket, base + 7, owner))
+                continue
+            for slot, klass in enumerate(classes):
+                if klass is not default:
+                    rules.append(U32Rule(prefix, klass.dscp, leaf_minor(owner, klass.id), bucket, base + slot, owner))
+            rules.append(U32Rule(prefix, None, leaf_minor(owner, default.id), bucket, base + 7, owner))
+    rules.sort(key=lambda rule: (rule.bucket is not None, rule.bucket or 0, rule.node))
+    return rules
