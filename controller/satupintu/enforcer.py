@@ -1,0 +1,203 @@
+"""The daemon's brain, free of os-ken and pyroute2: load -> compile -> hand plans to drivers.
+
+A reload that fails validation changes nothing; a reload that succeeds hands the new
+desired state to the drivers, which apply only the difference.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Protocol
+
+from satupintu.compile.plan import DesiredState, QueuePlan, SwitchPlan
+from satupintu.compile.state import compile_state
+from satupintu.policy.errors import PolicyError
+from satupintu.policy.load import LoadedPolicy, load_policy
+from satupintu.policy.schedule import active_window, next_boundary
+from satupintu.topology import Topology
+
+log = logging.getLogger("satupintu.enforcer")
+
+
+class FlowDriver(Protocol):
+    def set_desired(self, plans: dict[int, SwitchPlan]) -> None: ...
+
+
+class QueueDriver(Protocol):
+    def apply(self, plan: QueuePlan) -> object: ...
+
+
+@dataclass(slots=True)
+class ReloadRecord:
+    ok: bool
+    reason: str
+    at: float
+    duration_s: float
+    messages: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class EnforcerStatus:
+    generation: int = 0
+    policy_sha256: str = ""
+    window: str = "base"
+    reloads_ok: int = 0
+    reloads_failed: int = 0
+    last_good_reload: float = 0.0
+    last: ReloadRecord | None = None
+    queues_applied: dict[str, dict] = field(default_factory=dict)
+
+
+class Enforcer:
+    """Owns the running policy. Every public method is safe to call from one thread at a time."""
+
+    def __init__(self, policy_path: str | Path, topology: Topology, flows: FlowDriver, queues: QueueDriver,
+                 *, scale: float = 1.0, status_file: str | Path | None = None,
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+                 on_change: Callable[[Enforcer], None] | None = None) -> None:
+        self.policy_path = Path(policy_path)
+        self.topology = topology
+        self.flows = flows
+        self.queues = queues
+        self.scale = scale
+        self.status_file = Path(status_file) if status_file else None
+        self.clock = clock
+        self.on_change = on_change
+        self.loaded: LoadedPolicy | None = None
+        self.desired: DesiredState | None = None
+        self.status = EnforcerStatus()
+        self._mtime: float | None = None
+
+    # ------------------------------------------------------------------ reloads
+
+    def reload(self, reason: str) -> bool:
+        """Load the policy file again; apply it only if it is valid and compiles."""
+        started = time.monotonic()
+        try:
+            loaded = load_policy(self.policy_path)
+            window = active_window(loaded.policy, self.clock())
+            desired = compile_state(loaded.policy, self.topology, window=window, scale=self.scale,
+                                    policy_hash=loaded.sha256)
+        except PolicyError as error:
+            return self._rejected(reason, started, [str(issue) for issue in error.issues])
+        except ValueError as error:  # compile-time impossibilities (topology lacks an OPD, u32 limits)
+            return self._rejected(reason, started, [f"{self.policy_path}: {error}"])
+        for warning in loaded.warnings:
+            log.warning("%s", warning)
+        self._mtime = self._stat_mtime()
+        self.loaded = loaded
+        self._apply(desired)
+        self.status.generation += 1
+        self.status.policy_sha256 = loaded.sha256
+        self.status.reloads_ok += 1
+        self.status.last_good_reload = time.time()
+        record = ReloadRecord(True, reason, time.time(), time.monotonic() - started)
+        self.status.last = record
+        log.info("policy generation %d applied (%s, window %s) in %.3fs", self.status.generation, reason,
+                 desired.schedule_window, record.duration_s)
+        self._publish()
+        return True
+
+    def _rejected(self, reason: str, started: float, messages: list[str]) -> bool:
+        self._mtime = self._stat_mtime()
+        self.status.reloads_failed += 1
+        self.status.last = ReloadRecord(False, reason, time.time(), time.monotonic() - started, messages)
+        log.error("policy reload (%s) rejected; the running policy stays:\n%s", reason, "\n".join(messages))
+        self._publish()
+        return False
+
+    def _apply(self, desired: DesiredState) -> None:
+        self.desired = desired
+        self.status.window = desired.schedule_window
+        self.flows.set_desired({plan.dpid: plan for plan in desired.switches})
+        for plan in desired.queues:
+            report = self.queues.apply(plan)
+            self.status.queues_applied[plan.port] = _as_dict(report)
+
+    def reapply_queues(self) -> None:
+        """Re-assert the tc trees (e.g. after a gateway port came back)."""
+        if self.desired is not None:
+            for plan in self.desired.queues:
+                self.status.queues_applied[plan.port] = _as_dict(self.queues.apply(plan))
+
+    # ------------------------------------------------------------------ triggers
+
+    def file_changed(self) -> bool:
+        return self._stat_mtime() != self._mtime
+
+    def _stat_mtime(self) -> float | None:
+        try:
+            return os.stat(self.policy_path).st_mtime
+        except OSError:
+            return None
+
+    def check_schedule(self) -> bool:
+        """Recompile if the schedule window in force has changed; True when it did."""
+        if self.loaded is None:
+            return False
+        window = active_window(self.loaded.policy, self.clock())
+        if window == self.status.window:
+            return False
+        log.info("schedule window %s -> %s", self.status.window, window)
+        desired = compile_state(self.loaded.policy, self.topology, window=window, scale=self.scale,
+                                policy_hash=self.loaded.sha256)
+        self._apply(desired)
+        self.status.generation += 1
+        self._publish()
+        return True
+
+    def seconds_to_boundary(self) -> float | None:
+        if self.loaded is None:
+            return None
+        now = self.clock()
+        boundary = next_boundary(self.loaded.policy, now)
+        return None if boundary is None else max(0.0, (boundary - now).total_seconds())
+
+    # ------------------------------------------------------------------ status
+
+    def status_dict(self) -> dict:
+        status = self.status
+        last = status.last
+        return {
+            "pid": os.getpid(),
+            "generation": status.generation,
+            "policy_file": str(self.policy_path),
+            "policy_sha256": status.policy_sha256,
+            "window": status.window,
+            "scale": self.scale,
+            "reloads_ok": status.reloads_ok,
+            "reloads_failed": status.reloads_failed,
+            "last_good_reload": status.last_good_reload,
+            "last_reload": None if last is None else {
+                "ok": last.ok, "reason": last.reason, "at": last.at, "duration_s": last.duration_s,
+                "messages": last.messages},
+            "queues": status.queues_applied,
+        }
+
+    def _publish(self) -> None:
+        if self.on_change is not None:
+            self.on_change(self)
+        self.write_status()
+
+    def write_status(self, extra: dict | None = None) -> None:
+        if self.status_file is None:
+            return
+        payload = self.status_dict() | (extra or {})
+        temporary = self.status_file.with_suffix(".tmp")
+        temporary.write_text(json.dumps(payload, indent=1, sort_keys=True))
+        os.replace(temporary, self.status_file)
+
+
+def _as_dict(report: object) -> dict:
+    if report is None:
+        return {}
+    if hasattr(report, "__dataclass_fields__"):
+        return {name: getattr(report, name) for name in report.__dataclass_fields__}
+    return dict(report) if isinstance(report, dict) else {"result": str(report)}

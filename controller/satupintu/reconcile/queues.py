@@ -1,0 +1,76 @@
+"""Pure diff of two queue plans: the tc changes that turn `actual` into `desired`.
+
+Used by the tc driver (actual = read from the kernel) and by `policy diff`
+(actual = the running policy's plan), so what the diff prints is what gets applied.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from satupintu.compile.plan import HtbClass, QueuePlan, U32Rule
+
+RuleKey = tuple[int | None, int]  # (bucket, node)
+
+
+@dataclass(slots=True)
+class QueueDiff:
+    port: str
+    add_classes: list[HtbClass] = field(default_factory=list)  # parents before children
+    change_classes: list[tuple[HtbClass, HtbClass]] = field(default_factory=list)  # (old, new)
+    remove_classes: list[HtbClass] = field(default_factory=list)  # children before parents
+    add_rules: list[U32Rule] = field(default_factory=list)
+    change_rules: list[tuple[U32Rule, U32Rule]] = field(default_factory=list)
+    remove_rules: list[U32Rule] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return not (self.add_classes or self.change_classes or self.remove_classes
+                    or self.add_rules or self.change_rules or self.remove_rules)
+
+    @property
+    def size(self) -> int:
+        return (len(self.add_classes) + len(self.change_classes) + len(self.remove_classes)
+                + len(self.add_rules) + len(self.change_rules) + len(self.remove_rules))
+
+
+def _depth(klass: HtbClass, by_minor: dict[int, HtbClass]) -> int:
+    depth = 0
+    while klass.parent_minor is not None and klass.parent_minor in by_minor:
+        klass = by_minor[klass.parent_minor]
+        depth += 1
+    return depth
+
+
+def diff_queue_plans(desired: QueuePlan, actual_classes: list[HtbClass], actual_rules: list[U32Rule]) -> QueueDiff:
+    diff = QueueDiff(desired.port)
+    want = {klass.minor: klass for klass in desired.classes}
+    have = {klass.minor: klass for klass in actual_classes}
+    for minor, klass in want.items():
+        old = have.get(minor)
+        if old is None:
+            diff.add_classes.append(klass)
+        elif _class_params(old) != _class_params(klass):
+            diff.change_classes.append((old, klass))
+    diff.remove_classes = [klass for minor, klass in have.items() if minor not in want]
+    diff.add_classes.sort(key=lambda klass: (_depth(klass, want), klass.minor))
+    diff.remove_classes.sort(key=lambda klass: (-_depth(klass, have), klass.minor))
+    want_rules: dict[RuleKey, U32Rule] = {(rule.bucket, rule.node): rule for rule in desired.rules}
+    have_rules: dict[RuleKey, U32Rule] = {(rule.bucket, rule.node): rule for rule in actual_rules}
+    for key, rule in want_rules.items():
+        old_rule = have_rules.get(key)
+        if old_rule is None:
+            diff.add_rules.append(rule)
+        elif _rule_params(old_rule) != _rule_params(rule):
+            diff.change_rules.append((old_rule, rule))
+    diff.remove_rules = [rule for key, rule in have_rules.items() if key not in want_rules]
+    return diff
+
+
+def _class_params(klass: HtbClass) -> tuple:
+    return (klass.parent_minor, klass.rate_bps, klass.ceil_bps, klass.burst_bytes, klass.cburst_bytes,
+            klass.quantum_bytes, klass.prio)
+
+
+def _rule_params(rule: U32Rule) -> tuple:
+    return (rule.prefix, rule.dscp, rule.flow_minor)
