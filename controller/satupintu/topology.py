@@ -155,7 +155,8 @@ def load_topology(path: str | Path) -> Topology:
     name, text = read_text(path)
     located = load_yaml(name, text)
     if not isinstance(located.data, dict):
-        raise PolicyError([Issue(name, 1, 1, "top level must be a mapping with name, switches, links, upstream, attach")])
+        message = "top level must be a mapping with name, switches, links, upstream, attach"
+        raise PolicyError([Issue(name, 1, 1, message)])
     try:
         model = TopologyModel.model_validate(located.data)
     except ValidationError as exc:

@@ -8,7 +8,6 @@ by target address like IP).
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable
 
 from satupintu.compile.plan import (
@@ -20,6 +19,7 @@ from satupintu.compile.plan import (
     flow_cookie,
     meter_id,
 )
+from satupintu.compile.prefixes import match_value, network
 from satupintu.policy.model import MatchRule, Opd, Policy, TrafficClass, WifiPool
 from satupintu.topology import Topology
 
@@ -35,12 +35,7 @@ def _match(**fields: object) -> Match:
     return tuple(sorted((key, value) for key, value in fields.items() if value is not None))
 
 
-def _addr(prefix: str) -> object:
-    """os-ken match value: plain address for host routes, (address, netmask) otherwise."""
-    network = ipaddress.ip_network(prefix)
-    if network.prefixlen == network.max_prefixlen:
-        return str(network.network_address)
-    return (str(network.network_address), str(network.netmask))
+_addr = match_value
 
 
 def port_masks(low: int, high: int) -> list[tuple[int, int]]:
@@ -126,7 +121,7 @@ def _forward_owner(owner: Opd | WifiPool, topology: Topology, switch: str, deny_
     meter = _meters(owner.id, cap, scale).get(Direction.DOWNLOAD)
     output: tuple[tuple, ...] = ((("meter", meter.meter_id),) if meter else ()) + (("output", port),)
     for prefix in owner.prefixes:
-        length = ipaddress.ip_network(prefix).prefixlen
+        length = network(prefix).prefixlen
         if ":" in prefix:
             yield FlowSpec(TABLE_FORWARD, 100 + length, _match(eth_type=ETH_IPV6, ipv6_dst=_addr(prefix)),
                            output, cookie)

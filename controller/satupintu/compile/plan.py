@@ -7,7 +7,7 @@ flow cookie) is derived from ids written in the policy, so a reload is a diff.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import Enum, StrEnum
 
 # HTB minor numbers: 1 = root class, 2 = class for unknown sources,
 # id * 8 = class of OPD/Wi-Fi pool `id`, id * 8 + class_id = its traffic-class leaf.
@@ -22,7 +22,7 @@ COOKIE_TAG = 0x5350 << 48
 COOKIE_TAG_MASK = 0xFFFF << 48
 
 
-class Direction(str, Enum):
+class Direction(StrEnum):
     DOWNLOAD = "download"
     UPLOAD = "upload"
 

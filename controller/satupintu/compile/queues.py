@@ -20,6 +20,7 @@ from satupintu.compile.plan import (
     leaf_minor,
     owner_minor,
 )
+from satupintu.compile.prefixes import network
 from satupintu.policy.checks import unclassified_rate
 from satupintu.policy.model import Policy
 from satupintu.policy.schedule import Allocations
@@ -110,21 +111,21 @@ def _rules(policy: Policy) -> list[U32Rule]:
     default = next(klass for klass in classes if klass.name == policy.default_class)
     entries: list[tuple[ipaddress.IPv4Network, int, bool]] = []
     for opd in policy.opds:
-        entries.extend((ipaddress.IPv4Network(p), opd.id, False) for p in opd.prefixes if ":" not in p)
+        entries.extend((network(p), opd.id, False) for p in opd.prefixes if ":" not in p)
     for pool in policy.public_wifi:
-        entries.extend((ipaddress.IPv4Network(p), pool.id, True) for p in pool.prefixes if ":" not in p)
+        entries.extend((network(p), pool.id, True) for p in pool.prefixes if ":" not in p)
     lists: dict[int | None, list[tuple[ipaddress.IPv4Network, int, bool]]] = {}
-    for network, owner, is_pool in entries:
-        bucket = int(network.network_address) >> 8 & 0xFF if network.prefixlen >= 24 else None
-        lists.setdefault(bucket, []).append((network, owner, is_pool))
+    for net, owner, is_pool in entries:
+        bucket = int(net.network_address) >> 8 & 0xFF if net.prefixlen >= 24 else None
+        lists.setdefault(bucket, []).append((net, owner, is_pool))
     rules: list[U32Rule] = []
     for bucket, members in lists.items():
         if len(members) > MAX_NODES_PER_LIST:
             raise CompileError(f"{len(members)} prefixes share u32 list {bucket}; at most {MAX_NODES_PER_LIST}")
         members.sort(key=lambda item: (-item[0].prefixlen, int(item[0].network_address)))
-        for rank, (network, owner, is_pool) in enumerate(members):
+        for rank, (net, owner, is_pool) in enumerate(members):
             base = rank * 8 + 1
-            prefix = str(network)
+            prefix = str(net)
             if is_pool:
                 rules.append(U32Rule(prefix, None, owner_minor(owner), bucket, base + 7, owner))
                 continue

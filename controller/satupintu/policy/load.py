@@ -10,6 +10,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
 
+from satupintu.gcpause import gc_paused
 from satupintu.policy.checks import cross_check
 from satupintu.policy.errors import Issue, PolicyError
 from satupintu.policy.model import Policy
@@ -34,6 +35,11 @@ def load_policy_bytes(raw: bytes, name: str = "<policy>") -> LoadedPolicy:
 
 
 def load_policy_text(text: str, name: str = "<policy>") -> LoadedPolicy:
+    with gc_paused():
+        return _load(text, name)
+
+
+def _load(text: str, name: str) -> LoadedPolicy:
     located = load_yaml(name, text)
     if not isinstance(located.data, dict):
         kind = "a list" if isinstance(located.data, list) else f"a single value ({type(located.data).__name__})"
