@@ -1,0 +1,183 @@
+"""`satupintu run` (the daemon) and `satupintu reload`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+from satupintu.policy.errors import PolicyError
+
+log = logging.getLogger("satupintu.daemon")
+
+DEFAULT_OPENFLOW = "127.0.0.1:6653"
+DEFAULT_METRICS = "127.0.0.1:9733"
+DEFAULT_PID_FILE = "/run/satupintu/satupintu.pid"
+DEFAULT_STATUS_FILE = "/run/satupintu/status.json"
+POLL_SECONDS = 0.5
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    run = subparsers.add_parser("run", help="run the controller daemon in the foreground (logs to stderr)")
+    run.add_argument("--policy", required=True, metavar="FILE", help="policy YAML (reloaded on change and SIGHUP)")
+    run.add_argument("--topology", required=True, metavar="FILE", help="topology YAML")
+    run.add_argument("--openflow-listen", default=DEFAULT_OPENFLOW, metavar="HOST:PORT",
+                     help=f"OpenFlow listen address (default {DEFAULT_OPENFLOW})")
+    run.add_argument("--metrics-listen", default=DEFAULT_METRICS, metavar="HOST:PORT",
+                     help=f"Prometheus exporter address (default {DEFAULT_METRICS}); 'off' disables it")
+    run.add_argument("--scale", type=float, default=1.0, help="multiply every rate (emulation uses 0.01)")
+    run.add_argument("--pid-file", default=DEFAULT_PID_FILE, help=f"(default {DEFAULT_PID_FILE})")
+    run.add_argument("--status-file", default=DEFAULT_STATUS_FILE, help=f"JSON status (default {DEFAULT_STATUS_FILE})")
+    run.add_argument("--tls-key", default=None, help="controller private key (PEM): OpenFlow over TLS")
+    run.add_argument("--tls-cert", default=None, help="controller certificate (PEM)")
+    run.add_argument("--tls-ca", default=None, help="CA certificate that switch certificates must chain to")
+    run.add_argument("--allow-plain-tcp", action="store_true",
+                     help="accept OpenFlow over plain TCP on a non-loopback address (off: TLS required there)")
+    run.add_argument("--no-watch", action="store_true", help="do not reload when the policy file changes")
+    run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    run.set_defaults(handler=cmd_run)
+    reload = subparsers.add_parser("reload", help="ask the running daemon to reload its policy (SIGHUP)")
+    reload.add_argument("--pid-file", default=DEFAULT_PID_FILE)
+    reload.add_argument("--status-file", default=DEFAULT_STATUS_FILE)
+    reload.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the outcome")
+    reload.set_defaults(handler=cmd_reload)
+
+
+def split_address(text: str, option: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise SystemExit(f"satupintu: {option} expects HOST:PORT, got {text!r}")
+    return host.strip("[]"), int(port)
+
+
+def _is_loopback(host: str) -> bool:
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+class _Signals:
+    """Signal handlers only set flags; the main loop does the work."""
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self.reload = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: self.stop.set())
+        signal.signal(signal.SIGINT, lambda *_: self.stop.set())
+        signal.signal(signal.SIGHUP, lambda *_: self.reload.set())
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from satupintu.commands.policy import load_or_report
+    from satupintu.topology import load_topology
+
+    if load_or_report(args.policy) is None:
+        return 2
+    try:
+        topology = load_topology(args.topology)
+    except PolicyError as error:
+        for issue in error.issues:
+            print(issue, file=sys.stderr)
+        return 2
+    of_host, of_port = split_address(args.openflow_listen, "--openflow-listen")
+    tls = None
+    if args.tls_key or args.tls_cert or args.tls_ca:
+        if not (args.tls_key and args.tls_cert and args.tls_ca):
+            print("satupintu: TLS needs --tls-key, --tls-cert and --tls-ca together", file=sys.stderr)
+            return 2
+        tls = {"key": args.tls_key, "cert": args.tls_cert, "ca": args.tls_ca}
+    elif not _is_loopback(of_host) and not args.allow_plain_tcp:
+        print(f"satupintu: refusing plain-TCP OpenFlow on {of_host}: configure --tls-key/--tls-cert/--tls-ca "
+              "or pass --allow-plain-tcp", file=sys.stderr)
+        return 2
+    return Daemon(args, topology, (of_host, of_port), tls).run()
+
+
+class Daemon:
+    def __init__(self, args: argparse.Namespace, topology, openflow: tuple[str, int], tls: dict | None) -> None:
+        self.args = args
+        self.topology = topology
+        self.openflow = openflow
+        self.tls = tls
+
+    def run(self) -> int:
+        from satupintu.drivers.openflow import run_controller
+        from satupintu.drivers.tc import TcShaper
+        from satupintu.enforcer import Enforcer
+        from satupintu.metrics.exporter import Metrics
+
+        args = self.args
+        signals = _Signals()
+        for path in (args.pid_file, args.status_file):
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.pid_file).write_text(f"{os.getpid()}\n")
+        metrics = Metrics()
+        if args.metrics_listen != "off":
+            host, port = split_address(args.metrics_listen, "--metrics-listen")
+            metrics.serve(host, port)
+            log.info("metrics on http://%s:%d/metrics", host, port)
+        driver = run_controller({}, listen_host=self.openflow[0], listen_port=self.openflow[1], tls=self.tls)
+        log.info("OpenFlow listening on %s:%d%s", *self.openflow, " (TLS)" if self.tls else "")
+        shaper = TcShaper()
+        enforcer = Enforcer(args.policy, self.topology, driver, shaper, scale=args.scale,
+                            status_file=args.status_file, on_change=metrics.policy_changed)
+        metrics.attach(enforcer, driver, shaper, self.topology)
+        enforcer.reload("startup")
+        next_stats = 0.0
+        try:
+            while not signals.stop.wait(POLL_SECONDS):
+                if signals.reload.is_set():
+                    signals.reload.clear()
+                    enforcer.reload("SIGHUP")
+                elif not args.no_watch and enforcer.file_changed():
+                    enforcer.reload("file changed")
+                enforcer.check_schedule()
+                if time.monotonic() >= next_stats:
+                    next_stats = time.monotonic() + 1.0
+                    enforcer.write_status({"switches": driver.switch_status()})
+        finally:
+            log.info("stopping; flows and queues stay in place (switches run fail_mode=secure)")
+            Path(args.pid_file).unlink(missing_ok=True)
+        return 0
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    try:
+        pid = int(Path(args.pid_file).read_text().strip())
+    except (OSError, ValueError) as error:
+        print(f"satupintu: cannot read pid file {args.pid_file}: {error}", file=sys.stderr)
+        return 1
+    before = _read_status(args.status_file)
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except ProcessLookupError:
+        print(f"satupintu: no daemon with pid {pid} (stale {args.pid_file})", file=sys.stderr)
+        return 1
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline:
+        status = _read_status(args.status_file)
+        last = status.get("last_reload") or {}
+        if status and last.get("at", 0) > (before.get("last_reload") or {}).get("at", 0):
+            if last.get("ok"):
+                print(f"reloaded: generation {status['generation']}, policy {status['policy_sha256'][:12]}")
+                return 0
+            print("reload rejected; the running policy stays:", file=sys.stderr)
+            for message in last.get("messages", []):
+                print(message, file=sys.stderr)
+            return 2
+        time.sleep(0.1)
+    print(f"satupintu: no reload outcome within {args.timeout}s", file=sys.stderr)
+    return 1
+
+
+def _read_status(path: str) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}

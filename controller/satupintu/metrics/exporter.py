@@ -1,0 +1,181 @@
+"""Prometheus metrics: every metric is declared once in METRICS (the docs table is generated
+from it); values are read from the kernel and switches at scrape time, so counters are the
+kernel's own counters and never drift from them."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
+
+from satupintu.compile.plan import ROOT_MINOR, UNCLASSIFIED_MINOR, Direction
+
+log = logging.getLogger("satupintu.metrics")
+
+
+@dataclass(frozen=True, slots=True)
+class MetricSpec:
+    name: str
+    kind: str  # counter | gauge | info
+    labels: tuple[str, ...]
+    help: str
+
+
+def _spec(name: str, kind: str, labels: str, help_text: str) -> MetricSpec:
+    return MetricSpec(name, kind, tuple(label for label in labels.split(",") if label), help_text)
+
+
+OWNER = "opd,kind,direction"
+LEAF = "opd,kind,direction,class"
+METRICS: tuple[MetricSpec, ...] = (
+    _spec("satupintu_opd_bytes", "counter", OWNER, "Bytes sent through the OPD's (or pool's) HTB class."),
+    _spec("satupintu_opd_packets", "counter", OWNER, "Packets sent through the OPD's HTB class."),
+    _spec("satupintu_opd_drops", "counter", OWNER, "Packets dropped in the OPD's queues (all its classes)."),
+    _spec("satupintu_opd_guaranteed_bps", "gauge", OWNER, "Configured guarantee in force (after scale)."),
+    _spec("satupintu_opd_ceiling_bps", "gauge", OWNER, "Configured ceiling in force (after scale)."),
+    _spec("satupintu_opd_borrowed", "counter", OWNER, "Times the OPD's classes borrowed above their rate (HTB)."),
+    _spec("satupintu_opd_lent", "counter", OWNER, "Times the OPD's classes sent within their own rate (HTB lends)."),
+    _spec("satupintu_class_bytes", "counter", LEAF, "Bytes per OPD and traffic class (HTB leaf)."),
+    _spec("satupintu_class_packets", "counter", LEAF, "Packets per OPD and traffic class."),
+    _spec("satupintu_class_drops", "counter", LEAF, "Drops per OPD and traffic class."),
+    _spec("satupintu_class_backlog_bytes", "gauge", LEAF, "Bytes queued per OPD and traffic class."),
+    _spec("satupintu_uplink_capacity_bps", "gauge", "direction,port", "Shaped capacity of the bottleneck port."),
+    _spec("satupintu_uplink_bytes", "counter", "direction,port", "Bytes through the bottleneck port's HTB root."),
+    _spec("satupintu_uplink_drops", "counter", "direction,port", "Drops on the bottleneck port's HTB root."),
+    _spec("satupintu_switch_connected", "gauge", "switch", "1 while the switch is connected over OpenFlow."),
+    _spec("satupintu_switch_flows", "gauge", "switch", "Flows installed by this controller on the switch."),
+    _spec("satupintu_switch_meters", "gauge", "switch", "Meters installed on the switch."),
+    _spec("satupintu_switch_openflow_errors", "counter", "switch", "OpenFlow error messages from the switch."),
+    _spec("satupintu_policy_generation", "gauge", "", "Generation of the enforced policy (+1 per applied change)."),
+    _spec("satupintu_policy", "info", "sha256,file,window", "The enforced policy file, its hash and window."),
+    _spec("satupintu_policy_reloads", "counter", "result", "Policy reloads by result (ok, failed)."),
+    _spec("satupintu_policy_last_good_reload_timestamp_seconds", "gauge", "", "Unix time of the last good reload."),
+    _spec("satupintu_scale", "gauge", "", "Rate multiplier in force (1 in production, 0.01 in emulation)."),
+)
+SPECS = {spec.name: spec for spec in METRICS}
+
+
+def _family(name: str) -> Metric:
+    spec = SPECS[name]
+    if spec.kind == "counter":
+        return CounterMetricFamily(name, spec.help, labels=spec.labels)
+    if spec.kind == "info":
+        return InfoMetricFamily(name, spec.help, labels=())
+    return GaugeMetricFamily(name, spec.help, labels=spec.labels)
+
+
+class Metrics:
+    """Owns the registry; a custom collector reads state at scrape time."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.enforcer: Any = None
+        self.driver: Any = None
+        self.shaper: Any = None
+        self.topology: Any = None
+        self._lock = threading.Lock()
+        self.registry.register(self)
+
+    def serve(self, host: str, port: int) -> None:
+        start_http_server(port, addr=host, registry=self.registry)
+
+    def attach(self, enforcer: Any, driver: Any, shaper: Any, topology: Any) -> None:
+        self.enforcer, self.driver, self.shaper, self.topology = enforcer, driver, shaper, topology
+
+    def policy_changed(self, enforcer: Any) -> None:
+        """Hook from the enforcer; values are read at scrape time, nothing to cache."""
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            families = {spec.name: _family(spec.name) for spec in METRICS}
+            try:
+                self._collect_policy(families)
+                self._collect_queues(families)
+                self._collect_switches(families)
+            except Exception:  # a scrape must never take the daemon down
+                log.exception("metrics collection failed")
+            yield from families.values()
+
+    def _collect_policy(self, families: dict[str, Metric]) -> None:
+        enforcer = self.enforcer
+        if enforcer is None:
+            return
+        status = enforcer.status
+        families["satupintu_policy_generation"].add_metric([], status.generation)
+        families["satupintu_policy"].add_metric([], {"sha256": status.policy_sha256,
+                                                     "file": str(enforcer.policy_path), "window": status.window})
+        families["satupintu_policy_reloads"].add_metric(["ok"], status.reloads_ok)
+        families["satupintu_policy_reloads"].add_metric(["failed"], status.reloads_failed)
+        families["satupintu_policy_last_good_reload_timestamp_seconds"].add_metric([], status.last_good_reload)
+        families["satupintu_scale"].add_metric([], enforcer.scale)
+
+    def _collect_queues(self, families: dict[str, Metric]) -> None:
+        enforcer, shaper = self.enforcer, self.shaper
+        if enforcer is None or shaper is None or enforcer.desired is None or enforcer.loaded is None:
+            return
+        policy = enforcer.loaded.policy
+        codes = {owner.id: owner.code for owner in (*policy.opds, *policy.public_wifi)}
+        pools = {pool.id for pool in policy.public_wifi}
+        class_names = {klass.id: klass.name for klass in policy.classes}
+        for plan in enforcer.desired.queues:
+            direction = plan.direction.value if isinstance(plan.direction, Direction) else str(plan.direction)
+            stats = shaper.read_stats(plan.port)
+            families["satupintu_uplink_capacity_bps"].add_metric([direction, plan.port], plan.capacity_bps)
+            root = stats.get(ROOT_MINOR)
+            if root is not None:
+                families["satupintu_uplink_bytes"].add_metric([direction, plan.port], root.bytes)
+                families["satupintu_uplink_drops"].add_metric([direction, plan.port], root.drops)
+            drops_by_owner: dict[int, int] = {}
+            for klass in plan.classes:
+                if klass.minor == ROOT_MINOR:
+                    continue
+                owner = klass.owner_id
+                code = "unclassified" if klass.minor == UNCLASSIFIED_MINOR else codes.get(owner, str(owner))
+                kind = "unclassified" if owner == 0 else ("wifi" if owner in pools else "opd")
+                entry = stats.get(klass.minor)
+                labels = [code, kind, direction]
+                if klass.class_id == 0:  # the OPD / pool / unclassified class itself
+                    families["satupintu_opd_guaranteed_bps"].add_metric(labels, klass.rate_bps)
+                    families["satupintu_opd_ceiling_bps"].add_metric(labels, klass.ceil_bps)
+                    if entry is not None:
+                        families["satupintu_opd_bytes"].add_metric(labels, entry.bytes)
+                        families["satupintu_opd_packets"].add_metric(labels, entry.packets)
+                        families["satupintu_opd_borrowed"].add_metric(labels, getattr(entry, "borrows", 0))
+                        families["satupintu_opd_lent"].add_metric(labels, getattr(entry, "lends", 0))
+                if entry is not None and klass.is_leaf:
+                    drops_by_owner[klass.owner_id] = drops_by_owner.get(klass.owner_id, 0) + entry.drops
+                    if klass.class_id:
+                        leaf = [*labels, class_names.get(klass.class_id, str(klass.class_id))]
+                        families["satupintu_class_bytes"].add_metric(leaf, entry.bytes)
+                        families["satupintu_class_packets"].add_metric(leaf, entry.packets)
+                        families["satupintu_class_drops"].add_metric(leaf, entry.drops)
+                        families["satupintu_class_backlog_bytes"].add_metric(leaf, getattr(entry, "backlog_bytes", 0))
+            for klass in plan.classes:
+                if klass.class_id == 0 and klass.minor != ROOT_MINOR and klass.owner_id in drops_by_owner:
+                    owner = klass.owner_id
+                    code = "unclassified" if klass.minor == UNCLASSIFIED_MINOR else codes.get(owner, str(owner))
+                    kind = "unclassified" if owner == 0 else ("wifi" if owner in pools else "opd")
+                    families["satupintu_opd_drops"].add_metric([code, kind, direction], drops_by_owner[owner])
+
+    def _collect_switches(self, families: dict[str, Metric]) -> None:
+        if self.driver is None:
+            return
+        for name, status in sorted(self.driver.switch_status().items()):
+            families["satupintu_switch_connected"].add_metric([name], 1 if status.get("connected") else 0)
+            families["satupintu_switch_flows"].add_metric([name], status.get("flows", 0))
+            families["satupintu_switch_meters"].add_metric([name], status.get("meters", 0))
+            families["satupintu_switch_openflow_errors"].add_metric([name], status.get("errors", 0))
+
+
+def reference_table() -> str:
+    """Markdown table of every metric (docs/metrics.md is generated from this)."""
+    rows = ["| metric | type | labels | meaning |", "|---|---|---|---|"]
+    for spec in METRICS:
+        suffix = "_total" if spec.kind == "counter" else ("_info" if spec.kind == "info" else "")
+        rows.append(f"| `{spec.name}{suffix}` | {spec.kind} | {', '.join(spec.labels) or '-'} | {spec.help} |")
+    return "\n".join(rows)
