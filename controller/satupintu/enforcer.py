@@ -117,15 +117,24 @@ class Enforcer:
         self.desired = desired
         self.status.window = desired.schedule_window
         self.flows.set_desired({plan.dpid: plan for plan in desired.switches})
-        for plan in desired.queues:
-            report = self.queues.apply(plan)
-            self.status.queues_applied[plan.port] = _as_dict(report)
+        self.reapply_queues()
 
-    def reapply_queues(self) -> None:
-        """Re-assert the tc trees (e.g. after a gateway port came back)."""
-        if self.desired is not None:
-            for plan in self.desired.queues:
+    def reapply_queues(self) -> bool:
+        """Make the tc trees match (again); a missing port is retried later, never fatal."""
+        if self.desired is None:
+            return True
+        ok = True
+        for plan in self.desired.queues:
+            try:
                 self.status.queues_applied[plan.port] = _as_dict(self.queues.apply(plan))
+            except Exception as error:  # netlink errors, port not there yet
+                ok = False
+                self.status.queues_applied[plan.port] = {"error": f"{type(error).__name__}: {error}"}
+                log.warning("cannot shape %s yet: %s", plan.port, error)
+        return ok
+
+    def queues_failed(self) -> bool:
+        return any("error" in entry for entry in self.status.queues_applied.values())
 
     # ------------------------------------------------------------------ triggers
 

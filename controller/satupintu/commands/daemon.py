@@ -140,6 +140,8 @@ class Daemon:
                 enforcer.check_schedule()
                 if time.monotonic() >= next_stats:
                     next_stats = time.monotonic() + 1.0
+                    if enforcer.queues_failed():
+                        enforcer.reapply_queues()
                     enforcer.write_status({"switches": driver.switch_status()})
         finally:
             log.info("stopping; flows and queues stay in place (switches run fail_mode=secure)")
