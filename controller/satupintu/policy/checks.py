@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 from collections.abc import Iterator
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -71,9 +72,15 @@ def _check_classes(policy: Policy, report) -> None:
                        f"({policy.classes[by_key[(key, value)]].name}); each class needs its own {key}")
             else:
                 by_key[(key, value)] = index
+        for rule_index, rule in enumerate(klass.match):
+            if rule.ports and rule.protocol == "icmp":
+                report(("classes", index, "match", rule_index, "ports"),
+                       f"class '{klass.name}': ports only apply to tcp and udp (or any), not icmp; "
+                       "remove the ports or change the protocol")
     names = [klass.name for klass in policy.classes]
     if policy.default_class not in names:
-        report(("default_class",), f"default_class '{policy.default_class}' is not a class (classes: {', '.join(names)})")
+        report(("default_class",),
+               f"default_class '{policy.default_class}' is not a class (classes: {', '.join(names)})")
     total_share = sum(klass.share_percent for klass in policy.classes)
     if total_share > 100:
         report(("classes",), f"share_percent of all classes adds up to {total_share}%; at most 100% of a guarantee "
@@ -114,11 +121,14 @@ def _check_allocations(policy: Policy, report) -> None:
             allocation = getattr(opd, direction)
             here = ("opds", index, direction)
             if allocation.guaranteed > allocation.ceiling:
-                report(here + ("guaranteed",), f"{opd.code} {direction}: guaranteed {format_rate(allocation.guaranteed)} "
-                                               f"is above its ceiling {format_rate(allocation.ceiling)}")
+                report(here + ("guaranteed",),
+                       f"{opd.code} {direction}: guaranteed {format_rate(allocation.guaranteed)} "
+                       f"is above its ceiling {format_rate(allocation.ceiling)}; guaranteed must be <= ceiling")
             if allocation.ceiling > capacity[direction]:
-                report(here + ("ceiling",), f"{opd.code} {direction}: ceiling {format_rate(allocation.ceiling)} is above "
-                                            f"the backbone {direction} capacity {format_rate(capacity[direction])}")
+                report(here + ("ceiling",),
+                       f"{opd.code} {direction}: ceiling {format_rate(allocation.ceiling)} is above "
+                       f"the backbone {direction} capacity {format_rate(capacity[direction])}; "
+                       "ceiling must be <= capacity")
             cap = getattr(opd.hard_cap, direction) if opd.hard_cap else None
             if cap is not None and cap < allocation.guaranteed:
                 report(("opds", index, "hard_cap", direction),
@@ -130,7 +140,8 @@ def _check_allocations(policy: Policy, report) -> None:
             ceiling = getattr(pool.ceiling, direction) if pool.ceiling else capacity[direction]
             if floor > ceiling:
                 report(("public_wifi", index, "floor", direction),
-                       f"{pool.code} {direction}: floor {format_rate(floor)} is above its ceiling {format_rate(ceiling)}")
+                       f"{pool.code} {direction}: floor {format_rate(floor)} is above its ceiling "
+                       f"{format_rate(ceiling)}")
             if ceiling > capacity[direction]:
                 report(("public_wifi", index, "ceiling", direction),
                        f"{pool.code} {direction}: ceiling {format_rate(ceiling)} is above the backbone capacity "
@@ -144,30 +155,37 @@ def _check_allocations(policy: Policy, report) -> None:
 def _check_schedules(policy: Policy, report) -> None:
     try:
         ZoneInfo(policy.timezone)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):
         report(("timezone",), f"unknown time zone '{policy.timezone}' (e.g. Asia/Jakarta for WIB, Asia/Makassar "
                               "for WITA, Asia/Jayapura for WIT)")
     codes = {opd.code: opd for opd in policy.opds}
+    names: dict[str, int] = {}
     taken: list[tuple[int, int, int]] = []  # (start, end, schedule index) in minutes of the week
     for index, schedule in enumerate(policy.schedules):
         here = ("schedules", index)
+        if schedule.name in names:
+            report(here + ("name",), f"schedule name '{schedule.name}' is already used by "
+                                     f"schedules[{names[schedule.name]}]; each schedule needs its own name")
+            continue
+        names[schedule.name] = index
+        if schedule.start == 24 * 60:
+            report(here + ("start",), f"schedule '{schedule.name}': start '24:00' is not a time of day; "
+                                      "write '00:00' and list the next day")
+            continue
         if schedule.start == schedule.end:
             report(here + ("end",), f"schedule '{schedule.name}': start and end are both {_clock(schedule.start)}; "
                                     "an empty window never applies")
             continue
         for code in schedule.opds:
             if code not in codes:
-                report(here + ("opds", code), f"schedule '{schedule.name}': no OPD has code '{code}'")
-        for start, end in weekly_intervals(schedule):
-            for other_start, other_end, other in taken:
-                if start < other_end and other_start < end and other != index:
-                    day = DAYS[(start // 1440) % 7]
-                    report(here + ("days",), f"schedule '{schedule.name}' overlaps '{policy.schedules[other].name}' "
-                                             f"on {day}; windows must not overlap")
-                    break
-            else:
-                continue
-            break
+                report(here + ("opds", code),
+                       f"schedule '{schedule.name}': no OPD has code '{code}'{_guess(code, codes)}")
+        overlap = _first_overlap(weekly_intervals(schedule), taken)
+        if overlap is not None:
+            begin, other = overlap
+            report(here + ("days",), f"schedule '{schedule.name}' overlaps '{policy.schedules[other].name}' on "
+                                     f"{DAYS[begin // 1440 % 7]} from {_clock(begin % 1440)}; windows must not overlap "
+                                     "(a window whose end is before its start runs past midnight)")
         taken.extend((start, end, index) for start, end in weekly_intervals(schedule))
         if any(code not in codes for code in schedule.opds):
             continue
@@ -186,6 +204,28 @@ def _check_schedules(policy: Policy, report) -> None:
                     report(here + ("opds", code, direction),
                            f"schedule '{schedule.name}': {code} {direction} ceiling {format_rate(ceiling)} is above "
                            f"the backbone capacity {format_rate(capacity)}")
+
+
+def _first_overlap(intervals: list[tuple[int, int]],
+                   taken: list[tuple[int, int, int]]) -> tuple[int, int] | None:
+    """(minute of the week where the overlap begins, index of the other schedule), if any."""
+    found: tuple[int, int] | None = None
+    for start, end in intervals:
+        for other_start, other_end, other in taken:
+            if start < other_end and other_start < end:
+                begin = max(start, other_start)
+                if found is None or begin < found[0]:
+                    found = (begin, other)
+    return found
+
+
+def _guess(code: str, codes: dict) -> str:
+    guess = difflib.get_close_matches(code, list(codes), n=1, cutoff=0.6)
+    note = ""
+    strange = next((ch for ch in code if not ch.isascii()), None)
+    if strange is not None:
+        note = f"; it contains the non-ASCII character '{strange}' (U+{ord(strange):04X})"
+    return (f"; did you mean '{guess[0]}'?" if guess else "") + note
 
 
 def _clock(minutes: int) -> str:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import re
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +15,7 @@ from pydantic import BaseModel, ValidationError
 from satupintu.gcpause import gc_paused
 from satupintu.policy.checks import cross_check
 from satupintu.policy.errors import Issue, PolicyError
-from satupintu.policy.model import Policy
+from satupintu.policy.model import CODE_PATTERN, NAME_PATTERN, Policy
 from satupintu.policy.source import Located, decode, load_yaml, read_text
 
 
@@ -73,10 +75,12 @@ def schema_issues(exc: ValidationError, located: Located, root: type[BaseModel])
         elif kind == "missing":
             message = f"missing required key '{loc[-1]}'"
             where = _dotted(loc[:-1])
+        elif kind in ("model_type", "dict_type", "model_attributes_type"):
+            keys = _allowed_keys(root, loc)
+            listing = f" with keys {', '.join(keys)}" if keys else ""
+            message = f"expected a mapping{listing} (got {_got(error.get('input'))})"
         else:
-            message = _clean(error["msg"])
-            if kind == "literal_error" or kind.endswith("_type") or kind == "string_pattern_mismatch":
-                message += f" (got {error.get('input')!r})"
+            message = _explain(error, kind)
         prefix = f"{where}: " if where else ""
         issues.append(Issue(located.file, line, col, prefix + message))
     return issues
@@ -84,6 +88,46 @@ def schema_issues(exc: ValidationError, located: Located, root: type[BaseModel])
 
 def _clean(message: str) -> str:
     return message.removeprefix("Value error, ")
+
+
+_PATTERNS = {
+    CODE_PATTERN: "an ASCII code: an uppercase letter, then uppercase letters, digits, '_' or '-' (at most 24)",
+    NAME_PATTERN: "a lowercase ASCII name: a letter, then lowercase letters, digits or '-' (at most 32)",
+}
+
+
+def _explain(error: dict, kind: str) -> str:
+    """pydantic's message, made specific: the value that was given and what is allowed."""
+    message = _clean(error["msg"])
+    value = error.get("input")
+    if kind in ("value_error", "assertion_error"):
+        return message  # our validators already name the value and what is allowed
+    if kind == "string_pattern_mismatch":
+        pattern = str((error.get("ctx") or {}).get("pattern", ""))
+        message = f"expected {_PATTERNS[pattern]}" if pattern in _PATTERNS else message
+        strange = next((ch for ch in str(value) if not ch.isascii()), None)
+        if strange is not None:
+            where = str(value).index(strange) + 1
+            message += (f"; character {where} is '{strange}' (U+{ord(strange):04X} "
+                        f"{unicodedata.name(strange, 'unnamed character')}), which is not ASCII")
+        return f"{message} (got {_got(value)})"
+    if kind == "literal_error" and isinstance(value, str):
+        choices = re.findall(r"'([^']*)'", str((error.get("ctx") or {}).get("expected", "")))
+        guess = difflib.get_close_matches(value.strip().lower(), choices, n=1, cutoff=0.6)
+        hint = f"; did you mean '{guess[0]}'?" if guess else ""
+        return f"{message} (got {_got(value)}){hint}"
+    if kind in ("bool_parsing", "bool_type"):
+        return f"expected true or false (got {_got(value)})"
+    if kind == "string_type" and isinstance(value, (int, float)):
+        return f"expected text (got the number {_got(value)}; quote it to make it text)"
+    if kind in ("int_parsing", "int_type", "int_from_float"):
+        return f"expected a whole number (got {_got(value)})"
+    return f"{message} (got {_got(value)})"
+
+
+def _got(value: object, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _dotted(loc: tuple) -> str:

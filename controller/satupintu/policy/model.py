@@ -19,6 +19,7 @@ DSCP_NAMES: dict[str, int] = {
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 MAX_OWNER_ID = 8000  # HTB minors are 16 bits: id * 8 + class id must fit
 CODE_PATTERN = r"^[A-Z][A-Z0-9_-]{0,23}$"
+NAME_PATTERN = r"^[a-z][a-z0-9-]{0,31}$"
 
 
 def _rate(value: object) -> int:
@@ -138,7 +139,7 @@ class MatchRule(Strict):
 
 class TrafficClass(Strict):
     id: int = Field(ge=1, le=7, description="Stable class id (1-7); part of every HTB leaf id.")
-    name: str = Field(pattern=r"^[a-z][a-z0-9-]{0,31}$")
+    name: str = Field(pattern=NAME_PATTERN)
     dscp: Dscp = Field(description="DSCP written on this class's packets at the edge (trust boundary).")
     priority: int = Field(ge=0, le=6, description="HTB prio: 0 is served first; 7 is reserved for Wi-Fi.")
     share_percent: int = Field(25, ge=1, le=100,
@@ -180,7 +181,7 @@ class OpdOverride(Strict):
 class Schedule(Strict):
     """A weekly window (local time of `timezone`) in which some OPDs get other allocations."""
 
-    name: str = Field(pattern=r"^[a-z][a-z0-9-]{0,31}$")
+    name: str = Field(pattern=NAME_PATTERN)
     days: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] = Field(min_length=1)
     start: ClockMinutes
     end: ClockMinutes = Field(description="May be before start: the window then runs past midnight.")
