@@ -29,8 +29,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--policy", default=str(DEFAULT_POLICY), metavar="FILE")
-    parser.add_argument("--topology", default=str(DEFAULT_TOPOLOGY), metavar="FILE")
+    parser.add_argument("--policy", default=None, metavar="FILE",
+                        help="policy YAML (default: policies/jateng-50.yaml of this checkout)")
+    parser.add_argument("--topology", default=None, metavar="FILE",
+                        help="topology YAML (default: topologies/star-50.yaml of this checkout)")
     parser.add_argument("--scale", type=float, default=0.01, help="multiply every rate (default 0.01 = 1/100)")
     parser.add_argument("--openflow-port", type=int, default=6653)
     parser.add_argument("--metrics-listen", default="127.0.0.1:9733", metavar="HOST:PORT")
@@ -47,7 +49,7 @@ def _require_root() -> int | None:
 def _session(args: argparse.Namespace):
     from satupintu.emulation.session import EmulationSession
 
-    return EmulationSession(args.policy, args.topology, scale=args.scale, openflow_port=args.openflow_port,
+    return EmulationSession(args.policy or str(DEFAULT_POLICY), args.topology or str(DEFAULT_TOPOLOGY), scale=args.scale, openflow_port=args.openflow_port,
                             metrics_listen=args.metrics_listen, workdir=args.workdir)
 
 
