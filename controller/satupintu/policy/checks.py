@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import re
 from collections.abc import Iterator
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -16,20 +17,45 @@ from satupintu.policy.units import format_rate
 WIFI_FLOOR_WARN_FRACTION = 0.10
 
 
-def cross_check(policy: Policy, located: Located) -> list[Issue]:
+def cross_check(policy: Policy, located: Located, index_map: dict[str, list[int]] | None = None) -> list[Issue]:
+    """Every cross-check problem, located. `index_map` (section -> original index of each item)
+    is given when items that failed the schema were left out: paths and messages are mapped
+    back to the file, and checks that would blame the missing items are skipped."""
     issues: list[Issue] = []
+    index_map = index_map or {}
 
     def report(path: tuple, message: str, severity: str = "error") -> None:
+        if index_map:
+            path, message = _remap(path, index_map), _remap_text(message, index_map)
         line, col = located.position(path)
         issues.append(Issue(located.file, line, col, message, severity))
 
     _check_identity(policy, report)
-    _check_classes(policy, report)
+    _check_classes(policy, report, check_default="classes" not in index_map)
     _check_prefixes(policy, report)
     _check_allocations(policy, report)
-    _check_schedules(policy, report)
+    _check_schedules(policy, report, check_codes="opds" not in index_map)
     _check_sums(policy, report)
     return issues
+
+
+_SECTION_INDEX = re.compile(r"\b(classes|opds|public_wifi|schedules)\[(\d+)\]")
+
+
+def _remap(path: tuple, index_map: dict[str, list[int]]) -> tuple:
+    if len(path) >= 2 and path[0] in index_map and isinstance(path[1], int):
+        return (path[0], index_map[path[0]][path[1]], *path[2:])
+    return path
+
+
+def _remap_text(message: str, index_map: dict[str, list[int]]) -> str:
+    def original(match: re.Match[str]) -> str:
+        section, index = match.group(1), int(match.group(2))
+        if section in index_map and index < len(index_map[section]):
+            return f"{section}[{index_map[section][index]}]"
+        return match.group(0)
+
+    return _SECTION_INDEX.sub(original, message)
 
 
 def _owners(policy: Policy) -> Iterator[tuple[str, int, object]]:
@@ -61,7 +87,7 @@ def _name(policy: Policy, where: tuple) -> str:
     return f"{section}[{index}] ({owner.code})"
 
 
-def _check_classes(policy: Policy, report) -> None:
+def _check_classes(policy: Policy, report, check_default: bool = True) -> None:
     by_key: dict[tuple[str, object], int] = {}
     for index, klass in enumerate(policy.classes):
         for key in ("id", "name", "dscp"):
@@ -78,7 +104,7 @@ def _check_classes(policy: Policy, report) -> None:
                        f"class '{klass.name}': ports only apply to tcp and udp (or any), not icmp; "
                        "remove the ports or change the protocol")
     names = [klass.name for klass in policy.classes]
-    if policy.default_class not in names:
+    if check_default and policy.default_class not in names:
         report(("default_class",),
                f"default_class '{policy.default_class}' is not a class (classes: {', '.join(names)})")
     total_share = sum(klass.share_percent for klass in policy.classes)
@@ -88,6 +114,9 @@ def _check_classes(policy: Policy, report) -> None:
 
 
 def _check_prefixes(policy: Policy, report) -> None:
+    """No address may belong to two owners (or twice to one). Sorted by first address, each
+    prefix is compared with the widest-reaching one before it; the error goes on whichever
+    of the two comes later in the file and names the other."""
     entries = []
     for section, index, owner in _owners(policy):
         for prefix_index, text in enumerate(owner.prefixes):
@@ -100,9 +129,12 @@ def _check_prefixes(policy: Policy, report) -> None:
         previous = last_end.get(version)
         if previous is not None and start <= previous[0]:
             _, other_path, other_code, other_text = previous
-            what = "repeats" if (other_text == text) else "overlaps"
-            owner_note = "the same owner" if other_code == code else f"{other_code}"
-            report(path, f"prefix {text} {what} {other_text} of {owner_note} ({_dotted(other_path)}); "
+            here, there = (path, other_path) if path > other_path else (other_path, path)
+            here_text, there_text = (text, other_text) if here is path else (other_text, text)
+            there_code = other_code if there is other_path else code
+            what = "repeats" if other_text == text else "overlaps"
+            owner_note = "the same owner" if other_code == code else there_code
+            report(here, f"prefix {here_text} {what} {there_text} of {owner_note} ({_dotted(there)}); "
                          "each address must belong to exactly one OPD or pool")
             if end > previous[0]:
                 last_end[version] = (end, path, code, text)
@@ -152,7 +184,7 @@ def _check_allocations(policy: Policy, report) -> None:
                        "public Wi-Fi is meant to take leftovers", "warning")
 
 
-def _check_schedules(policy: Policy, report) -> None:
+def _check_schedules(policy: Policy, report, check_codes: bool = True) -> None:
     try:
         ZoneInfo(policy.timezone)
     except (ZoneInfoNotFoundError, ValueError, OSError):
@@ -177,7 +209,7 @@ def _check_schedules(policy: Policy, report) -> None:
                                     "an empty window never applies")
             continue
         for code in schedule.opds:
-            if code not in codes:
+            if code not in codes and check_codes:
                 report(here + ("opds", code),
                        f"schedule '{schedule.name}': no OPD has code '{code}'{_guess(code, codes)}")
         overlap = _first_overlap(weekly_intervals(schedule), taken)
@@ -192,15 +224,17 @@ def _check_schedules(policy: Policy, report) -> None:
         allocations = resolve_allocations(policy, schedule.name)
         for code, override in schedule.opds.items():
             for direction in ("download", "upload"):
-                if getattr(override, direction) is None:
+                change = getattr(override, direction)
+                if change is None:
                     continue
                 guaranteed, ceiling = allocations[codes[code].id][direction]
-                if guaranteed > ceiling:
+                base = getattr(codes[code], direction)
+                if guaranteed > ceiling and (guaranteed, ceiling) != (base.guaranteed, base.ceiling):
                     report(here + ("opds", code, direction),
                            f"schedule '{schedule.name}': {code} {direction} guaranteed {format_rate(guaranteed)} "
                            f"is above its ceiling {format_rate(ceiling)}")
                 capacity = getattr(policy.backbone, direction)
-                if ceiling > capacity:
+                if change.ceiling is not None and ceiling > capacity:
                     report(here + ("opds", code, direction),
                            f"schedule '{schedule.name}': {code} {direction} ceiling {format_rate(ceiling)} is above "
                            f"the backbone capacity {format_rate(capacity)}")
@@ -233,23 +267,30 @@ def _clock(minutes: int) -> str:
 
 
 def _check_sums(policy: Policy, report) -> None:
-    windows = [None] + [schedule.name for schedule in policy.schedules]
-    for window in windows:
+    """Guarantees (OPDs + Wi-Fi floors + unclassified) must fit the capacity, per direction,
+    in the base window and in every schedule; a schedule is only blamed for what it adds."""
+    base_totals: dict[str, int] = {}
+    windows: list[tuple[int | None, str | None]] = [(None, None)]
+    windows += list(enumerate(schedule.name for schedule in policy.schedules))
+    for index, window in windows:
         allocations = resolve_allocations(policy, window)
         for direction in ("download", "upload"):
             capacity = getattr(policy.backbone, direction)
             total = sum(alloc[direction][0] for alloc in allocations.values())
             total += sum(getattr(pool.floor, direction) for pool in policy.public_wifi)
             total += unclassified_rate(policy, direction)
-            if total <= capacity:
+            if window is None:
+                base_totals[direction] = total
+            if total <= capacity or (window is not None and total <= base_totals[direction]):
                 continue
             where = "" if window is None else f" during schedule '{window}'"
+            path = ("backbone", direction) if index is None else ("schedules", index, "opds")
             message = (f"{direction}: guarantees{where} add up to {format_rate(total)} (OPDs + Wi-Fi floors + "
                        f"unclassified), above the capacity {format_rate(capacity)}")
             if policy.allow_oversubscription:
-                report(("backbone", direction), message + "; allowed by allow_oversubscription", "warning")
+                report(path, message + "; allowed by allow_oversubscription", "warning")
             else:
-                report(("backbone", direction), message + "; lower guarantees or set allow_oversubscription: true")
+                report(path, message + "; lower guarantees or set allow_oversubscription: true")
 
 
 def unclassified_rate(policy: Policy, direction: str) -> int:

@@ -43,6 +43,10 @@ def load_policy_text(text: str, name: str = "<policy>") -> LoadedPolicy:
 
 def _load(text: str, name: str) -> LoadedPolicy:
     located = load_yaml(name, text)
+    if located.data is None:
+        line, col = located.position(())
+        raise PolicyError([Issue(name, line, col, "the document is empty: expected a policy mapping with keys "
+                                                  "version, name, backbone, classes, opds, ...")])
     if not isinstance(located.data, dict):
         kind = "a list" if isinstance(located.data, list) else f"a single value ({type(located.data).__name__})"
         raise PolicyError([Issue(name, 1, 1, f"top level is {kind}; a policy is a mapping with keys "
@@ -50,7 +54,7 @@ def _load(text: str, name: str) -> LoadedPolicy:
     try:
         policy = Policy.model_validate(located.data)
     except ValidationError as exc:
-        raise PolicyError(schema_issues(exc, located, Policy)) from None
+        raise PolicyError(schema_issues(exc, located, Policy) + _partial_cross_check(exc, located)) from None
     issues = cross_check(policy, located)
     errors = [issue for issue in issues if issue.severity == "error"]
     if errors:
@@ -59,20 +63,63 @@ def _load(text: str, name: str) -> LoadedPolicy:
     return LoadedPolicy(policy, tuple(issues), digest, name)
 
 
+_SECTIONS = ("classes", "opds", "public_wifi", "schedules")
+_PLACEHOLDERS = {"version": 1, "name": "policy", "inter_opd": "deny"}  # no cross-check reads these
+
+
+def _partial_cross_check(exc: ValidationError, located: Located) -> list[Issue]:
+    """Cross-check what did validate, so one run reports (nearly) every error: list items
+    with schema errors are left out; if the errors are in settings the checks need
+    (backbone, timezone, ...) there is nothing sound to check and nothing is added."""
+    data = located.data
+    cleaned = dict(data)
+    bad: dict[str, set[int]] = {section: set() for section in _SECTIONS}
+    for error in exc.errors(include_url=False):
+        loc = _data_loc(error["loc"], data)
+        head = loc[0] if loc else None
+        if head in _SECTIONS and len(loc) >= 2 and isinstance(loc[1], int) and isinstance(data.get(head), list):
+            bad[head].add(loc[1])
+        elif head in _PLACEHOLDERS:
+            cleaned[head] = _PLACEHOLDERS[head]
+        elif isinstance(head, str) and len(loc) == 1 and error["type"] == "extra_forbidden":
+            cleaned.pop(head, None)
+        else:
+            return []
+    index_map: dict[str, list[int]] = {}
+    for section, indices in bad.items():
+        if indices:
+            index_map[section] = [index for index in range(len(data[section])) if index not in indices]
+            cleaned[section] = [data[section][index] for index in index_map[section]]
+    try:
+        policy = Policy.model_validate(cleaned)
+    except ValidationError:
+        return []
+    return cross_check(policy, located, index_map)
+
+
 def schema_issues(exc: ValidationError, located: Located, root: type[BaseModel]) -> list[Issue]:
     issues = []
-    for error in exc.errors(include_url=False):
-        loc = tuple(part for part in error["loc"] if not (isinstance(part, str) and "[" in part))
+    errors = exc.errors(include_url=False)
+    misspelt = set()  # (parent loc, key) that an unknown key's did-you-mean already points to
+    for error in errors:
+        if error["type"] == "extra_forbidden" and error["loc"]:
+            loc = _data_loc(error["loc"], located.data)
+            guess = difflib.get_close_matches(str(loc[-1]), _allowed_keys(root, loc[:-1]), n=1, cutoff=0.6)
+            misspelt.update((loc[:-1], key) for key in guess)
+    for error in errors:
+        loc = _data_loc(error["loc"], located.data)
         line, col = located.position(loc)
         where = _dotted(loc)
         kind = error["type"]
-        if kind == "extra_forbidden":
+        if kind == "extra_forbidden" and loc:
             allowed = _allowed_keys(root, loc[:-1])
             guess = difflib.get_close_matches(str(loc[-1]), allowed, n=1, cutoff=0.6)
             hint = f"; did you mean '{guess[0]}'?" if guess else ""
-            message = f"unknown key '{loc[-1]}'{hint} (allowed here: {', '.join(allowed)})"
+            message = f"unknown key {_got(str(loc[-1]))}{hint} (allowed here: {', '.join(allowed)})"
             where = _dotted(loc[:-1])
-        elif kind == "missing":
+        elif kind == "missing" and loc:
+            if (loc[:-1], loc[-1]) in misspelt:
+                continue
             message = f"missing required key '{loc[-1]}'"
             where = _dotted(loc[:-1])
         elif kind in ("model_type", "dict_type", "model_attributes_type"):
@@ -84,6 +131,22 @@ def schema_issues(exc: ValidationError, located: Located, root: type[BaseModel])
         prefix = f"{where}: " if where else ""
         issues.append(Issue(located.file, line, col, prefix + message))
     return issues
+
+
+def _data_loc(loc: tuple, data: object) -> tuple:
+    """pydantic's error location without its union-member tags ("function-after[...]"),
+    keeping every key that is really in the data (keys may contain brackets too)."""
+    kept = []
+    for part in loc:
+        in_dict = isinstance(data, dict) and part in data
+        if in_dict or (isinstance(data, list) and isinstance(part, int) and 0 <= part < len(data)):
+            data = data[part]
+        elif isinstance(part, str) and "[" in part:
+            continue
+        else:
+            data = None
+        kept.append(part)
+    return tuple(kept)
 
 
 def _clean(message: str) -> str:

@@ -75,10 +75,7 @@ def decode(name: str, raw: bytes) -> str:
         raise _refuse(name, 1, 1, f"file is larger than the {_LIMIT_TEXT} limit; a policy is a small text file")
     if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
         raise _refuse(name, 1, 1, "file is UTF-16 text: save the policy as UTF-8")
-    nul = raw.find(b"\x00")
-    if nul >= 0:
-        line, col = _byte_position(raw, nul)
-        raise _refuse(name, line, col, "binary data (NUL byte): a policy is UTF-8 text")
+    _refuse_nul(name, raw)
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -86,6 +83,13 @@ def decode(name: str, raw: bytes) -> str:
         message = f"not UTF-8 text (byte 0x{raw[exc.start]:02x}): save the file as UTF-8"
         raise _refuse(name, line, col, message) from None
     return text
+
+
+def _refuse_nul(name: str, raw: bytes) -> None:
+    nul = raw.find(b"\x00")
+    if nul >= 0:
+        line, col = _byte_position(raw, nul)
+        raise _refuse(name, line, col, "binary data (NUL byte): a policy is UTF-8 text")
 
 
 def _byte_position(raw: bytes, offset: int) -> tuple[int, int]:
@@ -107,6 +111,7 @@ def load_yaml(name: str, text: str) -> Located:
         col = exc.start - text.rfind("\n", 0, exc.start)
         raise _refuse(name, line, col, f"not UTF-8 text (lone surrogate U+{ord(text[exc.start]):04X}): "
                                        "save the file as UTF-8") from None
+    _refuse_nul(name, raw)
     if not text.strip() or all(
         not line.strip() or line.lstrip().startswith("#") for line in text.splitlines()
     ):

@@ -1,0 +1,162 @@
+"""Property tests of the policy loader: whatever the input, it returns a LoadedPolicy or
+raises PolicyError with located issues; never another exception, never a hang."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from satupintu.policy.errors import PolicyError
+from satupintu.policy.load import LoadedPolicy, load_policy_bytes, load_policy_text
+
+REPO = Path(__file__).resolve().parents[1]
+MINIMAL = (REPO / "policies" / "minimal.yaml").read_text()
+LINES = MINIMAL.splitlines()
+NAME = "fuzz.yaml"
+
+# SATUPINTU_FUZZ_EXAMPLES=20000 for a long, randomised hunt; the default run is quick and repeatable.
+_EXAMPLES = int(os.environ.get("SATUPINTU_FUZZ_EXAMPLES", "200"))
+FUZZ = settings(
+    max_examples=_EXAMPLES,
+    deadline=2000,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    derandomize="SATUPINTU_FUZZ_EXAMPLES" not in os.environ,
+    database=None,
+)
+
+
+def _lines_in(text: str) -> int:
+    # libyaml also breaks lines on \r, NEL and the Unicode separators.
+    return len(re.split(r"\r\n|[\n\r\x85\u2028\u2029]", text)) + 1
+
+
+def _check(load: object, text: str | None = None) -> LoadedPolicy | None:
+    """Run a load; assert it either succeeds or fails with only located, readable issues."""
+    try:
+        result = load()  # type: ignore[operator]
+    except PolicyError as exc:
+        assert exc.issues, "PolicyError without issues"
+        assert exc.errors, "PolicyError with warnings only"
+        for issue in exc.issues:
+            assert issue.file == NAME
+            assert issue.line >= 1 and issue.column >= 1, issue
+            if text is not None:
+                assert issue.line <= _lines_in(text), (issue, text)
+            assert issue.message.strip()
+            assert "Traceback" not in issue.message
+            assert str(issue).startswith(f"{NAME}:{issue.line}:{issue.column}: ")
+        return None
+    assert isinstance(result, LoadedPolicy)
+    assert all(warning.severity == "warning" for warning in result.warnings)
+    return result
+
+
+@FUZZ
+@given(st.binary(max_size=2048))
+def test_random_bytes_never_crash(raw: bytes) -> None:
+    _check(lambda: load_policy_bytes(raw, NAME))
+
+
+@FUZZ
+@given(st.binary(max_size=512).map(lambda junk: MINIMAL.encode() + junk))
+def test_minimal_followed_by_random_bytes_never_crashes(raw: bytes) -> None:
+    _check(lambda: load_policy_bytes(raw, NAME))
+
+
+YAMLISH = st.text(
+    alphabet=st.sampled_from(
+        list(":-[]{}&*!|>'\"#%@`,? \n\t\r\\~<=.0123456789abcdefxyzABEFMGbps/\x85\u2028\ufeff\u0415")
+    ),
+    max_size=300,
+)
+
+
+@FUZZ
+@given(YAMLISH)
+def test_random_yamlish_text_never_crashes(text: str) -> None:
+    _check(lambda: load_policy_text(text, NAME), text)
+
+
+@FUZZ
+@given(st.text(max_size=300))
+def test_random_unicode_text_never_crashes(text: str) -> None:
+    _check(lambda: load_policy_text(text, NAME), text)
+
+
+RATES = st.one_of(
+    st.sampled_from(["300Mbps", "1.5Gbit/s", "512kbps", "70MB/s", "300", "0Mbps", "-5Mbps", "11Tbps", "1e9bps",
+                     "9" * 40 + "Mbps", "1,5Gbps", "\u0663Mbps", "300 mbps", "''", "~", "[1]", "{a: 1}", "0.0001kbps"]),
+    st.from_regex(r"\A-?[0-9]{1,20}(\.[0-9]{1,4})?\s?[kKmMgGtTx]?(bps|bit/s|B/s|B|b)?\Z"),
+)
+SCALARS = st.one_of(
+    RATES,
+    st.integers(min_value=-10**6, max_value=10**30).map(str),
+    st.sampled_from(["true", "no", "null", "~", "''", '"x"', "[]", "{}", "EF", "AF41", "64", "-1", "10.1.1.0/24",
+                     "10.1.1.1/24", "::/0", '"07:00"', '"24:00"', '"23:00"', "DINKES", "&a x", "*a", "!!int 1",
+                     "<<", "|\n  block"]),
+    st.text(alphabet=st.characters(blacklist_categories=["Cs"]), max_size=12),
+)
+VALUE_LINE = re.compile(r"^(\s*(?:- )?[A-Za-z_]+:)\s*(\S.*)$")
+RATE_TOKEN = re.compile(r"\d+(?:\.\d+)?[kMG]bps")
+
+
+@st.composite
+def mutated_minimal(draw: st.DrawFn) -> str:
+    lines = list(LINES)
+    for _ in range(draw(st.integers(min_value=1, max_value=3))):
+        index = draw(st.integers(min_value=0, max_value=len(lines) - 1))
+        operation = draw(st.sampled_from(["delete", "duplicate", "swap", "rate", "value", "indent", "insert"]))
+        line = lines[index]
+        if operation == "delete" and len(lines) > 1:
+            del lines[index]
+        elif operation == "duplicate":
+            lines.insert(index, line)
+        elif operation == "swap":
+            other = draw(st.integers(min_value=0, max_value=len(lines) - 1))
+            first, second = VALUE_LINE.match(line), VALUE_LINE.match(lines[other])
+            if first and second:
+                lines[index] = f"{first.group(1)} {second.group(2)}"
+                lines[other] = f"{second.group(1)} {first.group(2)}"
+            else:
+                lines[index], lines[other] = lines[other], lines[index]
+        elif operation == "rate" and RATE_TOKEN.search(line):
+            lines[index] = RATE_TOKEN.sub(lambda _: draw(RATES), line, count=1)
+        elif operation == "value" and VALUE_LINE.match(line):
+            match = VALUE_LINE.match(line)
+            assert match is not None
+            lines[index] = f"{match.group(1)} {draw(SCALARS)}"
+        elif operation == "indent":
+            lines[index] = " " * draw(st.integers(min_value=0, max_value=6)) + line.lstrip()
+        elif operation == "insert":
+            column = draw(st.integers(min_value=0, max_value=len(line)))
+            lines[index] = line[:column] + draw(SCALARS) + line[column:]
+    return "\n".join(lines) + "\n"
+
+
+@FUZZ
+@given(mutated_minimal())
+def test_mutated_minimal_policy_loads_or_is_refused_with_located_issues(text: str) -> None:
+    _check(lambda: load_policy_text(text, NAME), text)
+
+
+@FUZZ
+@given(mutated_minimal())
+def test_mutated_policy_bytes_match_text_loading(text: str) -> None:
+    """Loading from bytes and from text gives the same verdict and the same issues."""
+
+    def outcome(load: object) -> object:
+        try:
+            return load().policy  # type: ignore[operator]
+        except PolicyError as exc:
+            return [str(issue) for issue in exc.issues]
+
+    assert outcome(lambda: load_policy_bytes(text.encode(), NAME)) == outcome(lambda: load_policy_text(text, NAME))
+
+
+def test_unmodified_minimal_policy_loads() -> None:
+    loaded = _check(lambda: load_policy_text(MINIMAL, NAME), MINIMAL)
+    assert loaded is not None and not loaded.warnings
