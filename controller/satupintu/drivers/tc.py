@@ -1,0 +1,929 @@
+"""Linux tc driver: make one egress port's HTB tree and u32 classifier match a QueuePlan.
+
+Reconcile, never flush: the installed tree is read back, diffed against the plan with
+`satupintu.reconcile.queues.diff_queue_plans` (the same diff `policy diff` prints) and
+only the difference is sent. A class change is an in-place `tc class change`, so leaf
+queues, their packets and counters survive a reload; only a missing or foreign root
+qdisc (or a different HTB default class, which the kernel cannot change) rebuilds.
+
+The tc wire format (HTB parameters, u32 selectors, fifo limits) is packed and parsed
+here, not by pyroute2's tc plugins: pyroute2 0.9 decodes u32 keys at the wrong offset
+and recomputes HTB rate tables we do not need. pyroute2 still provides the netlink
+socket, network namespaces, request/ack matching and error reporting.
+
+u32 layout on the root HTB qdisc (one filter prio, protocol ip):
+  ht 800 (root): rules whose bucket is None, in node order, then a link at node 0xfff
+  ht 100 (256 buckets, keyed on the third octet of the OPD address): bucketed rules
+Packets matching nothing fall through to the HTB default class.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import ipaddress
+import os
+import socket
+import struct
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field, replace
+
+from pyroute2 import IPRoute
+from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST, nlmsg
+from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl import (
+    RTM_DELQDISC,
+    RTM_DELTCLASS,
+    RTM_DELTFILTER,
+    RTM_GETQDISC,
+    RTM_GETTCLASS,
+    RTM_GETTFILTER,
+    RTM_NEWQDISC,
+    RTM_NEWTCLASS,
+    RTM_NEWTFILTER,
+)
+from pyroute2.netlink.rtnl.tcmsg import tcmsg
+
+from satupintu.compile.plan import HTB_MAJOR, Direction, HtbClass, QueuePlan, U32Rule
+from satupintu.reconcile.queues import diff_queue_plans
+
+TC_H_ROOT = 0xFFFFFFFF
+ETH_P_IP = 0x0800
+ROOT_HANDLE = HTB_MAJOR << 16
+
+U32_PRIO = 1  # filter priority of the IPv4 classifier; 2 is left for IPv6
+HASH_HTID = 0x100  # our hash table "100:"
+HASH_DIVISOR = 256
+HASH_MASK = 0x0000FF00  # third octet of the address
+LINK_NODE = 0xFFF  # last node of ht 800: rules before it win
+TC_U32_ROOT = 0xFFF << 20  # "the root hash table of this tp", whatever its id
+TC_U32_TERMINAL = 1
+DSCP_MASK = 0x00FC0000  # tos byte (offset 1) & 0xfc, as a u32 key at offset 0
+
+MIN_LEAF_LIMIT_BYTES = 30_000
+LEAF_QUEUE_SECONDS = 0.1
+FQ_CODEL_MEMORY_FACTOR = 4  # memory_limit counts skb truesize; CoDel, not the limit, bounds delay
+FQ_CODEL_MIN_MEMORY = 1 << 20
+
+# rtnetlink attribute numbers (linux/rtnetlink.h, pkt_sched.h, pkt_cls.h, gen_stats.h)
+TCA_KIND, TCA_OPTIONS, TCA_STATS2 = 1, 2, 7
+TCA_HTB_PARMS, TCA_HTB_INIT, TCA_HTB_RATE64, TCA_HTB_CEIL64 = 1, 2, 6, 7
+TCA_U32_CLASSID, TCA_U32_HASH, TCA_U32_LINK, TCA_U32_DIVISOR, TCA_U32_SEL = 1, 2, 3, 4, 5
+U32_FOREIGN_ATTRS = (6, 7, 8, 10)  # police, actions, indev, mark: not ours
+TCA_FQ_CODEL_MEMORY_LIMIT = 9
+TCA_STATS_BASIC, TCA_STATS_QUEUE, TCA_STATS_APP, TCA_STATS_PKT64 = 1, 3, 4, 8
+
+_RATESPEC = struct.Struct("=BBHhHI")  # cell_log, linklayer, overhead, cell_align, mpu, rate
+_HTB_TAIL = struct.Struct("=IIIII")  # buffer, cbuffer, quantum, level, prio
+_TCMSG = struct.Struct("=BxxxiIII")  # family, ifindex, handle, parent, info
+_NLMSGHDR_LEN = 16
+LINKLAYER_ETHERNET = 1
+HTB_MAX_PRIO = 7
+
+
+class TcError(RuntimeError):
+    """The kernel refused a tc request; carries what we were doing."""
+
+
+class PlanError(ValueError):
+    """The plan cannot be expressed as an HTB tree + u32 classifier."""
+
+
+@dataclass(slots=True)
+class ApplyReport:
+    """What one `TcShaper.apply` changed. `requests` counts netlink change requests
+    sent (0 when the port already matched); `dumps` counts read requests."""
+
+    port: str
+    netns: str | None = None
+    leaf_qdisc: str = ""
+    rebuilt: bool = False
+    classes_added: int = 0
+    classes_changed: int = 0
+    classes_removed: int = 0
+    filters_added: int = 0
+    filters_changed: int = 0
+    filters_removed: int = 0
+    qdiscs_added: int = 0
+    qdiscs_changed: int = 0
+    ipv6_rules_skipped: int = 0
+    requests: int = 0
+    dumps: int = 0
+
+    @property
+    def changes(self) -> int:
+        return (self.classes_added + self.classes_changed + self.classes_removed + self.filters_added
+                + self.filters_changed + self.filters_removed + self.qdiscs_added + self.qdiscs_changed)
+
+
+@dataclass(frozen=True, slots=True)
+class ClassStats:
+    """Counters of one HTB class (bytes are L2 bytes as HTB sees them, no FCS/preamble)."""
+
+    minor: int
+    parent_minor: int | None
+    leaf: bool
+    rate_bps: int
+    ceil_bps: int
+    bytes: int
+    packets: int
+    drops: int
+    overlimits: int
+    requeues: int
+    backlog_bytes: int
+    qlen: int
+    lends: int
+    borrows: int
+    giants: int
+    tokens: int
+    ctokens: int
+
+
+# ---------------------------------------------------------------- wire format
+
+
+class _RawTcMsg(nlmsg):
+    """tcmsg whose TCA_OPTIONS we pack ourselves (bytes), bypassing pyroute2's tc plugins.
+
+    Derived from nlmsg, not tcmsg: pyroute2 caches the compiled attribute map on the
+    first class that compiles it, and a tcmsg subclass would inherit tcmsg's map.
+    """
+
+    prefix = "TCA_"
+    fields = tcmsg.fields
+    nla_map = (
+        ("TCA_UNSPEC", "none"),
+        ("TCA_KIND", "asciiz"),
+        ("TCA_OPTIONS", "cdata"),
+    )
+
+
+def _nla(kind: int, payload: bytes) -> bytes:
+    length = 4 + len(payload)
+    return struct.pack("=HH", length, kind) + payload + b"\0" * (-length % 4)
+
+
+def _parse_attrs(data: bytes) -> dict[int, bytes]:
+    attrs: dict[int, bytes] = {}
+    pos = 0
+    while pos + 4 <= len(data):
+        length, kind = struct.unpack_from("=HH", data, pos)
+        if length < 4:
+            break
+        attrs[kind & 0x3FFF] = data[pos + 4:pos + length]
+        pos += (length + 3) & ~3
+    return attrs
+
+
+@dataclass(slots=True)
+class _TcEntry:
+    """One qdisc, class or filter as dumped by the kernel, attributes left raw."""
+
+    handle: int
+    parent: int
+    info: int
+    kind: str
+    options: bytes
+    attrs: dict[int, bytes]
+
+    @property
+    def nested(self) -> dict[int, bytes]:
+        return _parse_attrs(self.options)
+
+
+def _entry(msg: tcmsg) -> tuple[int, _TcEntry]:
+    raw = bytes(msg.data[msg.offset:msg.offset + msg["header"]["length"]])
+    _family, ifindex, handle, parent, info = _TCMSG.unpack_from(raw, _NLMSGHDR_LEN)
+    attrs = _parse_attrs(raw[_NLMSGHDR_LEN + _TCMSG.size:])
+    kind = attrs.get(TCA_KIND, b"").rstrip(b"\0").decode()
+    return ifindex, _TcEntry(handle, parent, info, kind, attrs.get(TCA_OPTIONS, b""), attrs)
+
+
+@functools.cache
+def _tick_in_usec() -> float:
+    """Kernel psched ticks per microsecond, computed exactly as iproute2 does."""
+    try:
+        with open("/proc/net/psched") as handle:
+            t2us, us2t, clock_res = (int(word, 16) for word in handle.read().split()[:3])
+    except (OSError, ValueError):
+        return 15.625
+    if clock_res == 1_000_000_000:
+        t2us = us2t
+    return t2us / us2t * (clock_res / 1_000_000)
+
+
+def _xmittime(rate_bytes: int, size: int) -> int:
+    """Burst bytes -> psched ticks, truncating like iproute2 so `tc` shows what we set."""
+    return min(0xFFFFFFFF, int(int(1_000_000 * size / rate_bytes) * _tick_in_usec()))
+
+
+def _burst_bytes(rate_bytes: int, ticks: int) -> int:
+    return round(ticks / _tick_in_usec() * rate_bytes / 1_000_000)
+
+
+def _info(prio: int, protocol: int) -> int:
+    return (prio << 16) | socket.htons(protocol)
+
+
+# ---------------------------------------------------------------- HTB encoding
+
+# parent minor, rate B/s, ceil B/s, buffer ticks, cbuffer ticks, quantum, prio: exactly what the kernel echoes
+HtbParams = tuple[int | None, int, int, int, int, int, int]
+
+
+def _htb_params(klass: HtbClass) -> HtbParams:
+    rate, ceil = klass.rate_bps // 8, klass.ceil_bps // 8
+    return (klass.parent_minor, rate, ceil, _xmittime(rate, klass.burst_bytes), _xmittime(ceil, klass.cburst_bytes),
+            klass.quantum_bytes, min(klass.prio, HTB_MAX_PRIO))
+
+
+def _htb_class_options(params: HtbParams) -> bytes:
+    _parent, rate, ceil, buffer, cbuffer, quantum, prio = params
+    opt = (_RATESPEC.pack(0, LINKLAYER_ETHERNET, 0, 0, 0, min(rate, 0xFFFFFFFF))
+           + _RATESPEC.pack(0, LINKLAYER_ETHERNET, 0, 0, 0, min(ceil, 0xFFFFFFFF))
+           + _HTB_TAIL.pack(buffer, cbuffer, quantum, 0, prio))
+    out = _nla(TCA_HTB_PARMS, opt)
+    if rate > 0xFFFFFFFF:
+        out += _nla(TCA_HTB_RATE64, struct.pack("=Q", rate))
+    if ceil > 0xFFFFFFFF:
+        out += _nla(TCA_HTB_CEIL64, struct.pack("=Q", ceil))
+    return out
+
+
+def _installed_htb_params(entry: _TcEntry) -> tuple[HtbParams, int] | None:
+    """(params, level) of a dumped HTB class, or None when it carries no parameters."""
+    nested = entry.nested
+    parms = nested.get(TCA_HTB_PARMS)
+    if parms is None or len(parms) < 2 * _RATESPEC.size + _HTB_TAIL.size:
+        return None
+    rate = _RATESPEC.unpack_from(parms, 0)[5]
+    ceil = _RATESPEC.unpack_from(parms, _RATESPEC.size)[5]
+    buffer, cbuffer, quantum, level, prio = _HTB_TAIL.unpack_from(parms, 2 * _RATESPEC.size)
+    if TCA_HTB_RATE64 in nested:
+        rate = struct.unpack("=Q", nested[TCA_HTB_RATE64][:8])[0]
+    if TCA_HTB_CEIL64 in nested:
+        ceil = struct.unpack("=Q", nested[TCA_HTB_CEIL64][:8])[0]
+    parent = None if entry.parent == TC_H_ROOT or entry.parent >> 16 != HTB_MAJOR else entry.parent & 0xFFFF
+    return (parent, rate, ceil, buffer, cbuffer, quantum, prio), level
+
+
+def _htb_root_options(default_minor: int) -> bytes:
+    # version 3, r2q 10 (unused: every class has an explicit quantum), defcls, debug, direct_pkts
+    return _nla(TCA_HTB_INIT, struct.pack("=IIIII", 3, 10, default_minor, 0, 0))
+
+
+# ---------------------------------------------------------------- u32 encoding
+
+
+def _address_offset(direction: Direction) -> int:
+    """Offset of the OPD's address in the IPv4 header: source on upload, destination on download."""
+    return 12 if direction is Direction.UPLOAD else 16
+
+
+def _u32_sel(keys: Iterable[tuple[int, int, int]], flags: int, hoff: int = 0, hmask: int = 0) -> bytes:
+    """struct tc_u32_sel + keys; keys are (mask, value, offset) with host-order mask/value."""
+    keys = list(keys)
+    head = (struct.pack("=BBBx", flags, 0, len(keys)) + struct.pack(">H", 0)
+            + struct.pack("=Hhh", 0, 0, hoff) + struct.pack(">I", hmask))
+    body = b"".join(struct.pack(">II", mask, value & mask) + struct.pack("=ii", offset, 0)
+                    for mask, value, offset in keys)
+    return head + body
+
+
+def _rule_sel(prefix: str, dscp: int | None, direction: Direction) -> bytes:
+    net = ipaddress.IPv4Network(prefix, strict=False)
+    keys = [(int(net.netmask), int(net.network_address), _address_offset(direction))]
+    if dscp is not None:
+        keys.append((DSCP_MASK, (dscp << 2) << 16, 0))
+    return _u32_sel(keys, TC_U32_TERMINAL)
+
+
+def _link_sel(direction: Direction) -> bytes:
+    return _u32_sel([(0, 0, 0)], 0, hoff=_address_offset(direction), hmask=HASH_MASK)
+
+
+def _decode_rule_sel(sel: bytes, direction: Direction) -> tuple[str, int | None] | None:
+    """(prefix, dscp) of a selector we would have written, else None (foreign: replace it)."""
+    if len(sel) < 16:
+        return None
+    flags, _offshift, nkeys = struct.unpack_from("=BBB", sel, 0)
+    if flags != TC_U32_TERMINAL or nkeys not in (1, 2) or len(sel) != 16 + 16 * nkeys:
+        return None
+    mask, value = struct.unpack_from(">II", sel, 16)
+    prefixlen = bin(mask).count("1")
+    if mask != (0xFFFFFFFF << (32 - prefixlen)) & 0xFFFFFFFF:
+        return None
+    prefix = str(ipaddress.IPv4Network((value, prefixlen), strict=False))
+    dscp = None
+    if nkeys == 2:
+        dscp = (struct.unpack_from(">I", sel, 36)[0] >> 18) & 0x3F  # second key: mask at 32, value at 36
+    return (prefix, dscp) if _rule_sel(prefix, dscp, direction) == sel else None
+
+
+def _rule_handle(rule: U32Rule, root_htid: int) -> int:
+    if rule.bucket is None:
+        return root_htid << 20 | rule.node
+    return HASH_HTID << 20 | rule.bucket << 12 | rule.node
+
+
+# ---------------------------------------------------------------- leaf qdiscs
+
+
+@functools.cache
+def probe_leaf_qdisc() -> str:
+    """"fq_codel" if this kernel can create it, else "bfifo" (cached for the process).
+
+    Tried on a throwaway veth pair (this kernel has no dummy driver): the attempt also
+    triggers module autoloading, which checking /proc/modules would miss.
+    """
+    base = f"sptq{os.getpid() % 100_000}"
+    with IPRoute() as ipr:
+        try:
+            ipr.link("add", ifname=f"{base}a", kind="veth", peer=f"{base}b")
+        except NetlinkError:
+            return "bfifo"
+        try:
+            index = ipr.link_lookup(ifname=f"{base}a")[0]
+            ipr.tc("add", "fq_codel", index, 0x10000)
+            return "fq_codel"
+        except (NetlinkError, IndexError):
+            return "bfifo"
+        finally:
+            with contextlib.suppress(NetlinkError, IndexError):
+                ipr.link("del", index=ipr.link_lookup(ifname=f"{base}a")[0])
+
+
+def leaf_limit_bytes(plan: QueuePlan, klass: HtbClass) -> int:
+    """The plan's byte limit for a leaf, else 100 ms of its ceiling (at least 30 kB)."""
+    limit = plan.leaf_limit_bytes.get(klass.minor)
+    if limit is None:
+        limit = max(MIN_LEAF_LIMIT_BYTES, round(klass.ceil_bps / 8 * LEAF_QUEUE_SECONDS))
+    return limit
+
+
+def _leaf_options(kind: str, limit: int) -> bytes:
+    if kind == "bfifo":
+        return struct.pack("=I", limit)  # struct tc_fifo_qopt, not nested
+    memory = max(FQ_CODEL_MIN_MEMORY, FQ_CODEL_MEMORY_FACTOR * limit)
+    return _nla(TCA_FQ_CODEL_MEMORY_LIMIT, struct.pack("=I", memory))
+
+
+def _leaf_matches(entry: _TcEntry, kind: str, handle: int, options: bytes) -> bool:
+    if entry.kind != kind or entry.handle != handle:
+        return False
+    if kind == "bfifo":
+        return entry.options[:4] == options
+    want = _parse_attrs(options)
+    have = entry.nested
+    return all(have.get(key) == value for key, value in want.items())
+
+
+# ---------------------------------------------------------------- netlink plumbing
+
+
+@contextlib.contextmanager
+def _rtnl(netns: str | None) -> Iterator[IPRoute]:
+    """A route socket in `netns` (never creating the namespace), closed afterwards."""
+    ipr = IPRoute(netns=netns, flags=0, ext_ack=True) if netns else IPRoute(ext_ack=True)
+    try:
+        ipr.status.setdefault("nlm_generator", False)  # pyroute2 0.9.7 sync nlm_request reads it
+        yield ipr
+    finally:
+        ipr.close()
+
+
+class _Port:
+    """One interface behind one netlink socket; counts every request it sends."""
+
+    def __init__(self, ipr: IPRoute, name: str, netns: str | None, report: ApplyReport | None = None) -> None:
+        self.ipr = ipr
+        self.name = name
+        self.report = report
+        found = ipr.link_lookup(ifname=name)
+        if not found:
+            where = f" in netns {netns}" if netns else ""
+            raise TcError(f"interface {name} not found{where}")
+        self.index = found[0]
+
+    def _msg(self, handle: int, parent: int, info: int, kind: str | None, options: bytes | None) -> _RawTcMsg:
+        msg = _RawTcMsg()
+        msg["family"] = socket.AF_UNSPEC
+        msg["index"] = self.index
+        msg["handle"] = handle
+        msg["parent"] = parent
+        msg["info"] = info
+        attrs: list[tuple[str, object]] = []
+        if kind is not None:
+            attrs.append(("TCA_KIND", kind))
+        if options is not None:
+            attrs.append(("TCA_OPTIONS", options))
+        msg["attrs"] = attrs
+        return msg
+
+    def send(self, msg_type: int, flags: int, what: str, *, handle: int, parent: int, info: int = 0,
+             kind: str | None = None, options: bytes | None = None) -> None:
+        msg = self._msg(handle, parent, info, kind, options)
+        if self.report is not None:
+            self.report.requests += 1
+        try:
+            self.ipr.nlm_request(msg, msg_type, NLM_F_REQUEST | NLM_F_ACK | flags)
+        except NetlinkError as error:
+            raise TcError(f"{self.name}: {what}: {error}") from error
+
+    def dump(self, msg_type: int, parent: int = 0) -> list[_TcEntry]:
+        if self.report is not None:
+            self.report.dumps += 1
+        msg = self._msg(0, parent, 0, None, None)
+        try:
+            replies = self.ipr.nlm_request(msg, msg_type, NLM_F_REQUEST | NLM_F_DUMP)
+        except NetlinkError as error:
+            raise TcError(f"{self.name}: dump: {error}") from error
+        entries = []
+        for reply in replies:
+            if reply["header"]["type"] != msg_type - 2:  # RTM_GETx answers with RTM_NEWx
+                continue
+            ifindex, entry = _entry(reply)
+            if ifindex == self.index:
+                entries.append(entry)
+        return entries
+
+
+def _open_port(ipr: IPRoute, name: str, netns: str | None, report: ApplyReport | None = None) -> _Port:
+    return _Port(ipr, name, netns, report)
+
+
+# ---------------------------------------------------------------- stats
+
+
+def read_stats(port: str, netns: str | None = None) -> dict[int, ClassStats]:
+    """Counters of every HTB class of `port` by minor: the source of per-OPD metrics."""
+    with _rtnl(netns) as ipr:
+        return _read_stats(_open_port(ipr, port, netns))
+
+
+def _read_stats(port: _Port) -> dict[int, ClassStats]:
+    out: dict[int, ClassStats] = {}
+    for entry in port.dump(RTM_GETTCLASS):
+        if entry.kind != "htb" or entry.handle >> 16 != HTB_MAJOR:
+            continue
+        installed = _installed_htb_params(entry)
+        parent, rate, ceil, level = (None, 0, 0, 0) if installed is None else (*installed[0][:3], installed[1])
+        stats = _parse_attrs(entry.attrs.get(TCA_STATS2, b""))
+        nbytes = packets = qlen = backlog = drops = requeues = overlimits = 0
+        lends = borrows = giants = tokens = ctokens = 0
+        basic = stats.get(TCA_STATS_BASIC, b"")
+        if len(basic) >= 12:
+            nbytes, packets = struct.unpack_from("=QI", basic)
+        if len(stats.get(TCA_STATS_PKT64, b"")) >= 8:
+            packets = struct.unpack_from("=Q", stats[TCA_STATS_PKT64])[0]
+        queue = stats.get(TCA_STATS_QUEUE, b"")
+        if len(queue) >= 20:
+            qlen, backlog, drops, requeues, overlimits = struct.unpack_from("=IIIII", queue)
+        app = stats.get(TCA_STATS_APP, b"")
+        if len(app) >= 20:
+            lends, borrows, giants, tokens, ctokens = struct.unpack_from("=IIIii", app)
+        minor = entry.handle & 0xFFFF
+        out[minor] = ClassStats(minor, parent, level == 0, rate * 8, ceil * 8, nbytes, packets, drops, overlimits,
+                                requeues, backlog, qlen, lends, borrows, giants, tokens, ctokens)
+    return out
+
+
+# ---------------------------------------------------------------- plan checks
+
+
+def _children(classes: Iterable[HtbClass]) -> dict[int, list[int]]:
+    children: dict[int, list[int]] = {}
+    for klass in classes:
+        if klass.parent_minor is not None:
+            children.setdefault(klass.parent_minor, []).append(klass.minor)
+    return children
+
+
+def _check_plan(plan: QueuePlan) -> None:
+    """Refuse plans the kernel would half-apply: better before the first request than after."""
+    by_minor: dict[int, HtbClass] = {}
+    for klass in plan.classes:
+        if not 0 < klass.minor < 0xFFFF:
+            raise PlanError(f"class minor {klass.minor} out of range")
+        if klass.minor in by_minor:
+            raise PlanError(f"duplicate class minor {klass.minor}")
+        if klass.rate_bps < 8 or klass.ceil_bps < 8 or klass.quantum_bytes <= 0:
+            raise PlanError(f"class {klass.minor} ({klass.label}) needs positive rate, ceil and quantum")
+        by_minor[klass.minor] = klass
+    for klass in plan.classes:
+        seen = {klass.minor}
+        parent = klass.parent_minor
+        while parent is not None:
+            if parent not in by_minor:
+                raise PlanError(f"class {klass.minor} ({klass.label}) has unknown parent {parent}")
+            if parent in seen:
+                raise PlanError(f"class {klass.minor} ({klass.label}) is in a parent cycle")
+            seen.add(parent)
+            parent = by_minor[parent].parent_minor
+    children = _children(plan.classes)
+    for klass in plan.classes:
+        if klass.is_leaf and klass.minor in children:
+            raise PlanError(f"class {klass.minor} ({klass.label}) is marked leaf but has children")
+        if klass.minor not in children and klass.minor == HTB_MAJOR:
+            raise PlanError(f"leaf minor {klass.minor} would clash with the HTB qdisc handle {HTB_MAJOR}:")
+    if plan.default_minor not in by_minor or plan.default_minor in children:
+        raise PlanError(f"default class {plan.default_minor} must be a leaf of the plan")
+    keys: set[tuple[int | None, int]] = set()
+    for rule in plan.rules:
+        if ":" in rule.prefix:
+            continue
+        where = f"rule {rule.prefix} dscp={rule.dscp} (bucket {rule.bucket}, node {rule.node})"
+        if (rule.bucket, rule.node) in keys:
+            raise PlanError(f"{where}: duplicate (bucket, node)")
+        keys.add((rule.bucket, rule.node))
+        last = LINK_NODE - 1 if rule.bucket is None else LINK_NODE
+        if not 0 < rule.node <= last:
+            raise PlanError(f"{where}: node must be in 1..{last}")
+        if rule.flow_minor not in by_minor:
+            raise PlanError(f"{where}: unknown class {rule.flow_minor}")
+        if rule.dscp is not None and not 0 <= rule.dscp < 64:
+            raise PlanError(f"{where}: dscp out of range")
+        net = ipaddress.IPv4Network(rule.prefix, strict=False)
+        if rule.bucket is not None and (net.prefixlen < 24 or int(net.network_address) >> 8 & 0xFF != rule.bucket):
+            raise PlanError(f"{where}: bucket must be the third octet of a /24 or longer prefix")
+
+
+def _depth(minor: int, parent_of: dict[int, int | None]) -> int:
+    depth = 0
+    parent = parent_of.get(minor)
+    while parent is not None and parent in parent_of and depth < 64:
+        depth += 1
+        parent = parent_of.get(parent)
+    return depth
+
+
+# ---------------------------------------------------------------- the shaper
+
+
+@dataclass(slots=True)
+class _Installed:
+    """What the kernel has on the port, in plan terms plus what is needed to address it."""
+
+    classes: dict[int, HtbClass] = field(default_factory=dict)
+    params: dict[int, HtbParams] = field(default_factory=dict)
+    levels: dict[int, int] = field(default_factory=dict)  # HTB level: 0 = leaf
+    leaf_qdiscs: dict[int, _TcEntry] = field(default_factory=dict)  # by class minor
+    rules: dict[tuple[int | None, int], U32Rule] = field(default_factory=dict)
+    rule_handles: dict[tuple[int | None, int], int] = field(default_factory=dict)
+    root_htid: int = 0x800
+    have_table: bool = False
+    link: _TcEntry | None = None
+    tp_exists: bool = False
+    foreign_tps: list[_TcEntry] = field(default_factory=list)
+
+
+class TcShaper:
+    """Reconciles ports to queue plans. Stateless between calls: the kernel is the truth."""
+
+    def __init__(self, leaf_qdisc: str | None = None) -> None:
+        self._leaf_override = leaf_qdisc
+
+    def read_stats(self, port: str, netns: str | None = None) -> dict[int, ClassStats]:
+        return read_stats(port, netns)
+
+    def leaf_kind(self, plan: QueuePlan) -> str:
+        """The leaf qdisc to use: the plan's choice when the kernel has it, else the probe's."""
+        wanted = self._leaf_override or plan.leaf_qdisc
+        available = probe_leaf_qdisc()
+        if wanted in ("auto", "fq_codel"):
+            return available
+        if wanted == "bfifo":
+            return "bfifo"
+        raise PlanError(f"unsupported leaf qdisc {wanted!r}")
+
+    def apply(self, plan: QueuePlan, netns: str | None = None) -> ApplyReport:
+        """Make `plan.port` match `plan`, sending only the difference (see module docstring)."""
+        _check_plan(plan)
+        report = ApplyReport(plan.port, netns)
+        # Canonical prefixes, so a plan written "10.1.0.1/16" does not differ from the kernel forever.
+        ipv4 = tuple(replace(rule, prefix=str(ipaddress.IPv4Network(rule.prefix, strict=False)))
+                     for rule in plan.rules if ":" not in rule.prefix)
+        report.ipv6_rules_skipped = len(plan.rules) - len(ipv4)
+        plan4 = replace(plan, rules=ipv4)
+        report.leaf_qdisc = kind = self.leaf_kind(plan)
+        with _rtnl(netns) as ipr:
+            port = _open_port(ipr, plan.port, netns, report)
+            installed = self._ensure_root(port, plan4, report)
+            if not report.rebuilt:
+                self._read_installed(port, plan4, installed)
+            _Reconcile(port, plan4, installed, kind, report).run()
+        return report
+
+    # -- root qdisc
+
+    def _ensure_root(self, port: _Port, plan: QueuePlan, report: ApplyReport) -> _Installed:
+        installed = _Installed()
+        qdiscs = port.dump(RTM_GETQDISC)
+        root = next((entry for entry in qdiscs if entry.parent == TC_H_ROOT), None)
+        if root is not None and root.kind == "htb" and root.handle == ROOT_HANDLE:
+            init = root.nested.get(TCA_HTB_INIT, b"")
+            if len(init) >= 12 and struct.unpack_from("=III", init)[2] == plan.default_minor:
+                for entry in qdiscs:
+                    if entry.parent >> 16 == HTB_MAJOR and entry.parent != TC_H_ROOT:
+                        installed.leaf_qdiscs[entry.parent & 0xFFFF] = entry
+                return installed
+        # Missing, foreign, or HTB with another default class (HTB has no qdisc change op).
+        report.rebuilt = True
+        if root is not None and root.handle == ROOT_HANDLE:
+            port.send(RTM_DELQDISC, 0, "delete root qdisc", handle=ROOT_HANDLE, parent=TC_H_ROOT)
+        port.send(RTM_NEWQDISC, NLM_F_CREATE | NLM_F_REPLACE, "create root htb", handle=ROOT_HANDLE,
+                  parent=TC_H_ROOT, kind="htb", options=_htb_root_options(plan.default_minor))
+        report.qdiscs_added += 1
+        return installed
+
+    # -- reading the installed tree
+
+    def _read_installed(self, port: _Port, plan: QueuePlan, installed: _Installed) -> None:
+        want = {klass.minor: klass for klass in plan.classes}
+        inner = _children(plan.classes).keys()
+        for entry in port.dump(RTM_GETTCLASS):
+            if entry.kind != "htb" or entry.handle >> 16 != HTB_MAJOR:
+                continue
+            found = _installed_htb_params(entry)
+            if found is None:
+                continue
+            params, level = found
+            minor = entry.handle & 0xFFFF
+            desired = want.get(minor)
+            if level > 0 and desired is not None and minor in inner:
+                # HTB applies quantum and prio to leaves only and keeps an inner class's
+                # creation-time values, which it never uses: they cannot differ usefully.
+                want_params = _htb_params(desired)
+                params = (*params[:5], *want_params[5:])
+            installed.params[minor] = params
+            installed.levels[minor] = level
+            if desired is not None and _htb_params(desired) == params:
+                installed.classes[minor] = desired  # exactly what we would send
+                continue
+            parent, rate, ceil, buffer, cbuffer, quantum, prio = params
+            approx = HtbClass(minor, parent, rate * 8, ceil * 8, _burst_bytes(rate, buffer),
+                              _burst_bytes(ceil, cbuffer), quantum, prio, 0, 0, level == 0, "installed")
+            if desired is not None and _same_class_params(approx, desired):
+                approx = replace(approx, burst_bytes=-1)  # differs on the wire only: still send it
+            installed.classes[minor] = approx
+        self._read_filters(port, plan, installed)
+
+    def _read_filters(self, port: _Port, plan: QueuePlan, installed: _Installed) -> None:
+        ours = _info(U32_PRIO, ETH_P_IP)
+        tables: dict[int, int] = {}
+        nodes: list[_TcEntry] = []
+        for entry in port.dump(RTM_GETTFILTER, parent=ROOT_HANDLE):
+            if entry.info != ours or entry.kind != "u32":
+                if not entry.options:  # one "tp" line per foreign prio/protocol: delete that tp
+                    installed.foreign_tps.append(entry)
+                continue
+            installed.tp_exists = True
+            nested = entry.nested
+            if TCA_U32_DIVISOR in nested:
+                tables[entry.handle >> 20] = struct.unpack("=I", nested[TCA_U32_DIVISOR][:4])[0]
+            elif TCA_U32_SEL in nested:
+                nodes.append(entry)
+        if not installed.tp_exists:
+            return
+        roots = [htid for htid, divisor in tables.items() if htid & 0x800 and divisor == 1]
+        foreign = len(roots) != 1 or any(htid not in (*roots, HASH_HTID) for htid in tables)
+        if tables.get(HASH_HTID, HASH_DIVISOR) != HASH_DIVISOR:
+            foreign = True
+        if foreign:
+            installed.foreign_tps.append(_TcEntry(0, ROOT_HANDLE, ours, "u32", b"", {}))
+            installed.tp_exists = False
+            return
+        installed.root_htid = roots[0]
+        installed.have_table = HASH_HTID in tables
+        for entry in nodes:
+            htid, bucket, node = entry.handle >> 20, entry.handle >> 12 & 0xFF, entry.handle & 0xFFF
+            nested = entry.nested
+            if htid == installed.root_htid and node == LINK_NODE:
+                installed.link = entry
+                continue
+            key = (None if htid == installed.root_htid else bucket, node)
+            decoded = _decode_rule_sel(nested[TCA_U32_SEL], plan.direction)
+            if decoded is None or any(attr in nested for attr in U32_FOREIGN_ATTRS):
+                decoded = (f"raw:{entry.handle:08x}", None)  # never equal to a plan prefix: replaced
+            classid = struct.unpack("=I", nested[TCA_U32_CLASSID][:4])[0] if TCA_U32_CLASSID in nested else 0
+            flow_minor = classid & 0xFFFF if classid >> 16 == HTB_MAJOR else -1
+            installed.rules[key] = U32Rule(decoded[0], decoded[1], flow_minor, key[0], node, 0)
+            installed.rule_handles[key] = entry.handle
+
+
+def _same_class_params(a: HtbClass, b: HtbClass) -> bool:
+    return (a.parent_minor, a.rate_bps, a.ceil_bps, a.burst_bytes, a.cburst_bytes, a.quantum_bytes, a.prio) == (
+        b.parent_minor, b.rate_bps, b.ceil_bps, b.burst_bytes, b.cburst_bytes, b.quantum_bytes, b.prio)
+
+
+class _Reconcile:
+    """One apply: the ordered steps that turn `installed` into `plan` without gaps.
+
+    Order: drop filters that must go, drop reparented classes, add classes (parents
+    first), change classes in place, give new leaves their qdisc, install filters,
+    then remove unwanted classes (children first) once no filter points at them.
+    """
+
+    def __init__(self, port: _Port, plan: QueuePlan, installed: _Installed, leaf_kind: str,
+                 report: ApplyReport) -> None:
+        self.port = port
+        self.plan = plan
+        self.installed = installed
+        self.leaf_kind = leaf_kind
+        self.report = report
+        self.info = _info(U32_PRIO, ETH_P_IP)
+
+    def run(self) -> None:
+        plan, installed, report = self.plan, self.installed, self.report
+        for tp in installed.foreign_tps:
+            self.port.send(RTM_DELTFILTER, 0, f"delete filter prio {tp.info >> 16}", handle=0, parent=ROOT_HANDLE,
+                           info=tp.info, kind=tp.kind or None)
+            report.filters_removed += 1
+        if any(tp.info == self.info for tp in installed.foreign_tps):
+            installed.rules.clear()
+            installed.rule_handles.clear()
+            installed.link = None
+            installed.have_table = False
+        diff = diff_queue_plans(plan, list(installed.classes.values()), list(installed.rules.values()))
+        want = {klass.minor: klass for klass in plan.classes}
+        have_parent = {minor: klass.parent_minor for minor, klass in installed.classes.items()}
+        want_parent = {minor: klass.parent_minor for minor, klass in want.items()}
+
+        # Classes whose parent changes cannot be changed in place: remove (with their
+        # installed descendants) and add again.
+        reparented = {new.minor for old, new in diff.change_classes if old.parent_minor != new.parent_minor}
+        early_remove = set(reparented)
+        grew = True
+        while grew:
+            grew = False
+            for minor, parent in have_parent.items():
+                if parent in early_remove and minor not in early_remove:
+                    early_remove.add(minor)
+                    grew = True
+        late_remove = {klass.minor for klass in diff.remove_classes} - early_remove
+        add = {klass.minor for klass in diff.add_classes} | (early_remove & want.keys())
+        change = [new for old, new in diff.change_classes if new.minor not in early_remove]
+
+        # 1. filters that must go before anything else: unwanted, new selector, or
+        #    pointing at a class about to be removed and re-added.
+        removed_keys: set[tuple[int | None, int]] = set()
+        readd: list[U32Rule] = []
+        in_place: list[U32Rule] = []
+        for rule in diff.remove_rules:
+            self._delete_rule(rule)
+            removed_keys.add((rule.bucket, rule.node))
+            report.filters_removed += 1
+        for old, new in diff.change_rules:
+            if (old.prefix, old.dscp) != (new.prefix, new.dscp) or old.flow_minor in early_remove:
+                self._delete_rule(old)
+                readd.append(new)
+            else:
+                in_place.append(new)
+            report.filters_changed += 1
+        changed_keys = {(rule.bucket, rule.node) for rule in (*readd, *in_place)}
+        wanted_rules = {(rule.bucket, rule.node): rule for rule in plan.rules}
+        for key, rule in installed.rules.items():
+            if key in removed_keys or key in changed_keys or rule.flow_minor not in early_remove:
+                continue
+            self._delete_rule(rule)
+            readd.append(wanted_rules[key])
+            report.filters_changed += 1
+
+        # 2. reparented classes (and their installed subtrees), deepest first
+        for minor in sorted(early_remove, key=lambda m: (-_depth(m, have_parent), m)):
+            self._delete_class(minor)
+            report.classes_removed += minor not in want
+            report.classes_changed += minor in want
+
+        # 3. new classes, parents first; 4. in-place changes (hitless: no qdisc touched)
+        for minor in sorted(add, key=lambda m: (_depth(m, want_parent), m)):
+            self._send_class(want[minor], create=True)
+            report.classes_added += minor not in early_remove
+        for klass in change:
+            self._send_class(klass, create=False)
+            report.classes_changed += 1
+
+        # 5. leaf qdiscs where the class is (or is about to stay) a leaf
+        children_now = _children(installed.classes[m] for m in installed.classes if m not in early_remove)
+        children_wanted = _children(plan.classes)
+        deferred = []
+        for klass in plan.classes:
+            if klass.minor in children_wanted:
+                continue
+            if any(child in late_remove for child in children_now.get(klass.minor, ())):
+                deferred.append(klass)  # still has children until step 7
+                continue
+            self._ensure_leaf(klass, fresh=klass.minor in add)
+
+        # 6. filters: hash table and link, then rules (targets exist now)
+        self._ensure_hash_infrastructure()
+        for rule in diff.add_rules:
+            self._add_rule(rule)
+            report.filters_added += 1
+        for rule in readd:
+            self._add_rule(rule)
+        for rule in in_place:
+            handle = installed.rule_handles[(rule.bucket, rule.node)]
+            self._send_rule(rule, handle, create=False)
+
+        # 7. unwanted classes, children first: nothing points at them any more
+        for minor in sorted(late_remove, key=lambda m: (-_depth(m, have_parent), m)):
+            self._delete_class(minor)
+            report.classes_removed += 1
+        for klass in deferred:
+            # Now a leaf again: HTB starts honouring its quantum and prio, which it froze
+            # when the class became inner, so send them.
+            if self.installed.params.get(klass.minor) != _htb_params(klass):
+                self._send_class(klass, create=False)
+                report.classes_changed += klass not in change
+            self._ensure_leaf(klass, fresh=True)
+
+    # -- classes
+
+    def _send_class(self, klass: HtbClass, create: bool) -> None:
+        parent = ROOT_HANDLE if klass.parent_minor is None else ROOT_HANDLE | klass.parent_minor
+        flags = NLM_F_CREATE | NLM_F_EXCL if create else 0
+        verb = "add" if create else "change"
+        self.port.send(RTM_NEWTCLASS, flags, f"{verb} class 1:{klass.minor:x} ({klass.label})",
+                       handle=ROOT_HANDLE | klass.minor, parent=parent, kind="htb",
+                       options=_htb_class_options(_htb_params(klass)))
+
+    def _delete_class(self, minor: int) -> None:
+        self.port.send(RTM_DELTCLASS, 0, f"delete class 1:{minor:x}", handle=ROOT_HANDLE | minor, parent=0)
+
+    def _ensure_leaf(self, klass: HtbClass, fresh: bool) -> None:
+        handle = klass.minor << 16
+        options = _leaf_options(self.leaf_kind, leaf_limit_bytes(self.plan, klass))
+        current = None if fresh else self.installed.leaf_qdiscs.get(klass.minor)
+        parent = ROOT_HANDLE | klass.minor
+        what = f"{self.leaf_kind} {klass.minor:x}: under 1:{klass.minor:x} ({klass.label})"
+        if current is not None and _leaf_matches(current, self.leaf_kind, handle, options):
+            return
+        if current is not None and current.handle == handle and current.kind == self.leaf_kind:
+            self.port.send(RTM_NEWQDISC, 0, f"change {what}", handle=handle, parent=parent, kind=self.leaf_kind,
+                           options=options)
+            self.report.qdiscs_changed += 1
+            return
+        if current is not None and current.handle == handle:  # same handle, other kind: cannot graft over it
+            self.port.send(RTM_DELQDISC, 0, f"delete old leaf of 1:{klass.minor:x}", handle=handle, parent=parent)
+        self.port.send(RTM_NEWQDISC, NLM_F_CREATE | NLM_F_REPLACE, f"add {what}", handle=handle, parent=parent,
+                       kind=self.leaf_kind, options=options)
+        self.report.qdiscs_added += 1
+
+    # -- filters
+
+    def _ensure_hash_infrastructure(self) -> None:
+        installed, report = self.installed, self.report
+        if not installed.have_table:
+            self.port.send(RTM_NEWTFILTER, NLM_F_CREATE | NLM_F_EXCL, "add u32 hash table", handle=HASH_HTID << 20,
+                           parent=ROOT_HANDLE, info=self.info, kind="u32",
+                           options=_nla(TCA_U32_DIVISOR, struct.pack("=I", HASH_DIVISOR)))
+            installed.have_table = True
+            report.filters_added += 1
+        link_sel = _link_sel(self.plan.direction)
+        options = (_nla(TCA_U32_HASH, struct.pack("=I", TC_U32_ROOT))
+                   + _nla(TCA_U32_LINK, struct.pack("=I", HASH_HTID << 20)) + _nla(TCA_U32_SEL, link_sel))
+        link = installed.link
+        if link is not None:
+            nested = link.nested
+            if (nested.get(TCA_U32_SEL) == link_sel and nested.get(TCA_U32_LINK, b"")[:4] == struct.pack(
+                    "=I", HASH_HTID << 20) and TCA_U32_CLASSID not in nested
+                    and not any(attr in nested for attr in U32_FOREIGN_ATTRS)):
+                return
+            # u32 keeps a node's selector on change: a different hash key needs a new node
+            self.port.send(RTM_DELTFILTER, 0, "delete u32 link", handle=link.handle, parent=ROOT_HANDLE,
+                           info=self.info, kind="u32")
+            report.filters_changed += 1
+        else:
+            report.filters_added += 1
+        self.port.send(RTM_NEWTFILTER, NLM_F_CREATE | NLM_F_EXCL, "add u32 link to hash table", handle=LINK_NODE,
+                       parent=ROOT_HANDLE, info=self.info, kind="u32", options=options)
+        installed.link = _TcEntry(installed.root_htid << 20 | LINK_NODE, ROOT_HANDLE, self.info, "u32", options, {})
+
+    def _rule_options(self, rule: U32Rule, with_hash: bool) -> bytes:
+        options = b""
+        if with_hash:
+            table = TC_U32_ROOT if rule.bucket is None else HASH_HTID << 20 | rule.bucket << 12
+            options += _nla(TCA_U32_HASH, struct.pack("=I", table))
+        options += _nla(TCA_U32_CLASSID, struct.pack("=I", ROOT_HANDLE | rule.flow_minor))
+        return options + _nla(TCA_U32_SEL, _rule_sel(rule.prefix, rule.dscp, self.plan.direction))
+
+    def _add_rule(self, rule: U32Rule) -> None:
+        # Root-list nodes are addressed by node only: the root table's id is the kernel's choice.
+        handle = rule.node if rule.bucket is None else HASH_HTID << 20 | rule.bucket << 12 | rule.node
+        self._send_rule(rule, handle, create=True)
+
+    def _send_rule(self, rule: U32Rule, handle: int, create: bool) -> None:
+        flags = NLM_F_CREATE | NLM_F_EXCL if create else 0
+        verb = "add" if create else "change"
+        self.port.send(RTM_NEWTFILTER, flags,
+                       f"{verb} u32 {rule.prefix} dscp={rule.dscp} -> 1:{rule.flow_minor:x} "
+                       f"(bucket {rule.bucket}, node {rule.node})",
+                       handle=handle, parent=ROOT_HANDLE, info=self.info, kind="u32",
+                       options=self._rule_options(rule, with_hash=create))
+
+    def _delete_rule(self, rule: U32Rule) -> None:
+        key = (rule.bucket, rule.node)
+        handle = self.installed.rule_handles.get(key, _rule_handle(rule, self.installed.root_htid))
+        self.port.send(RTM_DELTFILTER, 0, f"delete u32 {rule.prefix} (bucket {rule.bucket}, node {rule.node})",
+                       handle=handle, parent=ROOT_HANDLE, info=self.info, kind="u32")
