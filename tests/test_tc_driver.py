@@ -1,0 +1,269 @@
+"""tc driver against a real kernel: two namespaces joined by a veth, shaped on the sender's egress.
+
+Rates are checked with iperf3 (bounded runs, namespace addresses only). HTB counts L2
+bytes, iperf3 reports TCP goodput: goodput is scaled by frame/payload before comparing.
+Everything created here is named after this process and removed in teardown.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+
+import pytest
+
+from satupintu.compile.plan import Direction, HtbClass, QueuePlan, U32Rule
+from satupintu.drivers.tc import TcError, TcShaper, probe_leaf_qdisc, read_stats
+
+pytestmark = [
+    pytest.mark.netns,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces"),
+    pytest.mark.skipif(shutil.which("ip") is None or shutil.which("tc") is None, reason="needs iproute2"),
+]
+
+PID = os.getpid()
+NS_A, NS_B = f"sptc-{PID}-a", f"sptc-{PID}-b"
+IF_A, IF_B = f"sptc{PID}a", f"sptc{PID}b"  # at most 15 characters
+NET_ADDR_A, NET_ADDR_B = "10.70.0.1", "10.70.0.2"
+SRC_A, SRC_B = "10.71.0.10", "10.72.5.10"  # inside OPD A's /16 (root list) and OPD B's /24 (bucket 5)
+
+M = 1_000_000
+CAPACITY = 20 * M
+L2_PER_GOODPUT = 1514 / 1448  # Ethernet frame / TCP payload with timestamps at MTU 1500
+EF_TOS = 46 << 2
+
+# HTB minors: 1 root, 2 unclassified, 8 = OPD A (9 realtime, 10 default), 16 = OPD B (17, 18)
+A, A_RT, A_DEF, B, B_RT, B_DEF = 8, 9, 10, 16, 17, 18
+
+
+def _burst(rate_bps: int) -> int:
+    return max(2 * 1514, rate_bps // 8 // 200)  # 5 ms of the rate, as the compiler does
+
+
+def _htb(minor: int, parent: int | None, rate: int, ceil: int, prio: int, guarantee: int, label: str,
+         leaf: bool = True) -> HtbClass:
+    quantum = max(1000, round(guarantee / CAPACITY * 400_000))
+    return HtbClass(minor, parent, rate, ceil, _burst(rate), _burst(ceil), quantum, prio, 0, 0, leaf, label)
+
+
+def _plan(port: str = IF_A, direction: Direction = Direction.UPLOAD, b_ceil: int = CAPACITY,
+          with_b: bool = True) -> QueuePlan:
+    classes = [
+        _htb(1, None, CAPACITY, CAPACITY, 0, CAPACITY, "root", leaf=False),
+        _htb(2, 1, 8_000, CAPACITY, 7, 8_000, "unclassified"),
+        _htb(A, 1, 15 * M, CAPACITY, 0, 15 * M, "A", leaf=False),
+        _htb(A_RT, A, 3 * M, CAPACITY, 0, 15 * M, "A/realtime"),
+        _htb(A_DEF, A, 12 * M, CAPACITY, 2, 15 * M, "A/default"),
+    ]
+    rules = [
+        U32Rule("10.71.0.0/16", 46, A_RT, None, 1, 1),
+        U32Rule("10.71.0.0/16", None, A_DEF, None, 8, 1),
+    ]
+    if with_b:
+        classes += [
+            _htb(B, 1, 5 * M, b_ceil, 0, 5 * M, "B", leaf=False),
+            _htb(B_RT, B, 1 * M, CAPACITY, 0, 5 * M, "B/realtime"),
+            _htb(B_DEF, B, 4 * M, CAPACITY, 2, 5 * M, "B/default"),
+        ]
+        rules += [
+            U32Rule("10.72.5.0/24", 46, B_RT, 5, 1, 2),
+            U32Rule("10.72.5.0/24", None, B_DEF, 5, 8, 2),
+            U32Rule("fd00:72::/64", None, B_DEF, None, 16, 2),  # IPv6: not installed, counted
+        ]
+    return QueuePlan("gw", port, direction, CAPACITY, 2, tuple(classes), tuple(rules))
+
+
+def _run(*args: str, ns: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    cmd = (["ip", "netns", "exec", ns] if ns else []) + list(args)
+    return subprocess.run(cmd, check=check, capture_output=True, text=True, timeout=30)
+
+
+@pytest.fixture(scope="module")
+def veth() -> Iterator[None]:
+    """Sender NS_A (OPD source addresses as secondaries) -- veth -- receiver NS_B."""
+    created: list[str] = []
+    try:
+        for ns in (NS_A, NS_B):
+            _run("ip", "netns", "add", ns)
+            created.append(ns)
+        _run("ip", "link", "add", IF_A, "netns", NS_A, "type", "veth", "peer", "name", IF_B, "netns", NS_B)
+        for ns, ifname, address in ((NS_A, IF_A, NET_ADDR_A), (NS_B, IF_B, NET_ADDR_B)):
+            _run("ip", "addr", "add", f"{address}/24", "dev", ifname, ns=ns)
+            _run("ip", "link", "set", ifname, "up", ns=ns)
+            _run("ip", "link", "set", "lo", "up", ns=ns)
+            if shutil.which("ethtool"):  # HTB must see MTU-sized packets, not 64 kB GSO blobs
+                _run("ethtool", "-K", ifname, "tx", "off", "rx", "off", "tso", "off", "gso", "off", "gro", "off",
+                     ns=ns, check=False)
+        for source in (SRC_A, SRC_B):
+            _run("ip", "addr", "add", f"{source}/32", "dev", IF_A, ns=NS_A)
+        for prefix in ("10.71.0.0/16", "10.72.5.0/24"):
+            _run("ip", "route", "add", prefix, "dev", IF_B, ns=NS_B)
+        yield
+    finally:
+        for ns in created:
+            _run("ip", "netns", "del", ns, check=False)
+
+
+def _iperf(flows: list[tuple[str, int | None]], seconds: int) -> list[float]:
+    """Concurrent TCP flows (source address, tos) from NS_A to NS_B; L2-equivalent bit/s each."""
+    if shutil.which("iperf3") is None:
+        pytest.skip("needs iperf3")
+    ports = [5201 + index for index in range(len(flows))]
+    servers = [subprocess.Popen(["ip", "netns", "exec", NS_B, "iperf3", "-s", "-1", "-B", NET_ADDR_B, "-p",
+                                 str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for port in ports]
+    clients: list[subprocess.Popen[str]] = []
+    try:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            listening = _run("ss", "-Hltn", ns=NS_B).stdout
+            if all(f"{NET_ADDR_B}:{port}" in listening for port in ports):
+                break
+            time.sleep(0.05)
+        for (source, tos), port in zip(flows, ports, strict=True):
+            cmd = ["ip", "netns", "exec", NS_A, "iperf3", "-c", NET_ADDR_B, "-p", str(port), "-B", source,
+                   "-t", str(seconds), "-O", "1", "-J"]
+            if tos is not None:
+                cmd += ["-S", str(tos)]
+            clients.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        rates = []
+        for client in clients:
+            out, err = client.communicate(timeout=seconds + 15)
+            assert client.returncode == 0, err or out
+            goodput = json.loads(out)["end"]["sum_received"]["bits_per_second"]
+            rates.append(goodput * L2_PER_GOODPUT)
+        return rates
+    finally:
+        for process in (*clients, *servers):
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+
+def _qdiscs() -> dict[str, tuple[str, int]]:
+    """handle -> (kind, bytes sent) from `tc -s qdisc show`, to prove qdiscs were not recreated."""
+    out = _run("tc", "-s", "qdisc", "show", "dev", IF_A, ns=NS_A).stdout
+    found = {}
+    for match in re.finditer(r"qdisc (\S+) (\S+) .*?\n\s*Sent (\d+) bytes", out):
+        found[match.group(2)] = (match.group(1), int(match.group(3)))
+    return found
+
+
+def test_probe_leaf_qdisc_matches_what_tc_can_create(veth: None) -> None:
+    kind = probe_leaf_qdisc()
+    assert kind == probe_leaf_qdisc() and kind in ("fq_codel", "bfifo")
+    can = _run("tc", "qdisc", "add", "dev", "lo", "root", "fq_codel", ns=NS_A, check=False).returncode == 0
+    _run("tc", "qdisc", "del", "dev", "lo", "root", ns=NS_A, check=False)
+    assert kind == ("fq_codel" if can else "bfifo")
+
+
+def test_fresh_port_gets_full_tree_and_reapply_sends_nothing(veth: None) -> None:
+    _run("tc", "qdisc", "replace", "dev", IF_A, "root", "tbf", "rate", "1mbit", "burst", "10k", "latency", "50ms",
+         ns=NS_A)  # a foreign root: must be replaced, not tuned
+    shaper = TcShaper()
+    first = shaper.apply(_plan(), netns=NS_A)
+    assert first.rebuilt and first.classes_added == 8 and first.qdiscs_added == 1 + 5
+    assert first.filters_added == 4 + 2  # four rules, the hash table and the link to it
+    assert first.ipv6_rules_skipped == 1
+    classes = _run("tc", "class", "show", "dev", IF_A, ns=NS_A).stdout
+    assert sorted(int(minor, 16) for minor in re.findall(r"class htb 1:([0-9a-f]+)", classes)) == [
+        1, 2, A, A_RT, A_DEF, B, B_RT, B_DEF]
+    filters = _run("tc", "filter", "show", "dev", IF_A, ns=NS_A).stdout
+    assert "fh 100: ht divisor 256" in filters and "link 100:" in filters and "hash mask 0000ff00 at 12" in filters
+    assert re.search(r"fh 100:5:1 .*flowid 1:11", filters)  # B realtime (minor 17 = 0x11) in bucket 5
+    assert re.search(r"fh 800::1 .*flowid 1:9\b.*\n\s+match 0a470000/ffff0000 at 12\s+match 00b80000/00fc0000 at 0",
+                     filters)
+    again = shaper.apply(_plan(), netns=NS_A)
+    assert again.changes == 0 and again.requests == 0 and not again.rebuilt
+
+
+def test_single_class_reaches_ceiling_and_stats_count_it(veth: None) -> None:
+    TcShaper().apply(_plan(), netns=NS_A)
+    before = read_stats(IF_A, netns=NS_A)
+    [rate] = _iperf([(SRC_A, None)], seconds=4)
+    after = read_stats(IF_A, netns=NS_A)
+    print(f"\nA alone: {rate / M:.2f} Mbit/s L2 (ceil {CAPACITY / M:.0f})")
+    assert 0.95 * CAPACITY <= rate <= 1.05 * CAPACITY
+    carried = after[A_DEF].bytes - before[A_DEF].bytes
+    assert carried > 0.9 * CAPACITY / 8 * 4  # at least the measured seconds, at nearly full rate
+    assert after[A_DEF].packets > before[A_DEF].packets and after[A].bytes - before[A].bytes >= carried
+    assert after[B_DEF].bytes - before[B_DEF].bytes < 10_000  # nothing leaked into OPD B
+    assert after[A_DEF].borrows > before[A_DEF].borrows  # above its 12 Mbit/s rate: borrowed from A/root
+
+
+def test_two_saturating_classes_split_by_guarantee(veth: None) -> None:
+    TcShaper().apply(_plan(), netns=NS_A)
+    rate_a, rate_b = _iperf([(SRC_A, None), (SRC_B, None)], seconds=4)
+    print(f"\nA {rate_a / M:.2f} Mbit/s (guarantee 15), B {rate_b / M:.2f} Mbit/s (guarantee 5), L2")
+    assert rate_a >= 0.95 * 15 * M and rate_b >= 0.95 * 5 * M
+    assert rate_a + rate_b <= 1.05 * CAPACITY
+
+
+def test_ceil_change_is_one_hitless_class_change(veth: None) -> None:
+    shaper = TcShaper()
+    shaper.apply(_plan(), netns=NS_A)
+    _iperf([(SRC_B, None)], seconds=1)  # give the leaf queues some counters to lose
+    qdiscs_before = _qdiscs()
+    stats_before = read_stats(IF_A, netns=NS_A)
+    report = shaper.apply(_plan(b_ceil=10 * M), netns=NS_A)
+    assert (report.classes_changed, report.requests, report.changes) == (1, 1, 1)
+    qdiscs_after = _qdiscs()
+    assert qdiscs_after.keys() == qdiscs_before.keys()
+    for handle, (kind, sent) in qdiscs_before.items():
+        assert qdiscs_after[handle][0] == kind and qdiscs_after[handle][1] >= sent  # same qdisc, counters kept
+    stats_after = read_stats(IF_A, netns=NS_A)
+    assert stats_after[B].ceil_bps == 10 * M and stats_after[B_DEF].bytes >= stats_before[B_DEF].bytes
+    [rate] = _iperf([(SRC_B, None)], seconds=3)
+    print(f"\nB alone after ceil change: {rate / M:.2f} Mbit/s L2 (ceil 10)")
+    assert 0.95 * 10 * M <= rate <= 1.05 * 10 * M
+    assert shaper.apply(_plan(b_ceil=10 * M), netns=NS_A).requests == 0
+
+
+def test_dscp_steers_to_realtime_leaves(veth: None) -> None:
+    TcShaper().apply(_plan(), netns=NS_A)
+    before = read_stats(IF_A, netns=NS_A)
+    _iperf([(SRC_A, EF_TOS), (SRC_B, EF_TOS)], seconds=2)
+    after = read_stats(IF_A, netns=NS_A)
+    grew = {minor: after[minor].bytes - before[minor].bytes for minor in (A_RT, A_DEF, B_RT, B_DEF, 2)}
+    print(f"\nbytes per leaf with tos 0xb8: {grew}")
+    assert grew[A_RT] > 1_000_000 and grew[B_RT] > 500_000
+    # only iperf3's untagged control connection may use the default leaves
+    assert grew[A_DEF] < grew[A_RT] / 50 and grew[B_DEF] < grew[B_RT] / 50
+    assert grew[2] < 10_000
+
+
+def test_remove_readd_and_retarget_send_only_the_difference(veth: None) -> None:
+    shaper = TcShaper()
+    shaper.apply(_plan(), netns=NS_A)
+    removed = shaper.apply(_plan(with_b=False), netns=NS_A)
+    assert (removed.classes_removed, removed.filters_removed, removed.changes, removed.requests) == (3, 2, 5, 5)
+    classes = _run("tc", "class", "show", "dev", IF_A, ns=NS_A).stdout
+    assert "1:10 " not in classes and "1:11 " not in classes and "1:12 " not in classes
+    readded = shaper.apply(_plan(), netns=NS_A)
+    assert (readded.classes_added, readded.qdiscs_added, readded.filters_added) == (3, 2, 2)
+    assert readded.changes == readded.requests == 7
+    plan = _plan()
+    retargeted = replace(plan, rules=tuple(
+        replace(rule, flow_minor=A_RT) if (rule.bucket, rule.node) == (None, 8) else rule for rule in plan.rules))
+    report = shaper.apply(retargeted, netns=NS_A)
+    assert (report.filters_changed, report.requests) == (1, 1)  # classid changed in place, no delete/add
+    assert re.search(r"fh 800::8 .*flowid 1:9\b", _run("tc", "filter", "show", "dev", IF_A, ns=NS_A).stdout)
+    assert shaper.apply(plan, netns=NS_A).requests == 1
+
+
+def test_download_plan_matches_destination_address(veth: None) -> None:
+    report = TcShaper().apply(_plan(port=IF_B, direction=Direction.DOWNLOAD), netns=NS_B)
+    assert report.rebuilt and report.classes_added == 8
+    filters = _run("tc", "filter", "show", "dev", IF_B, ns=NS_B).stdout
+    assert "match 0a470000/ffff0000 at 16" in filters and "hash mask 0000ff00 at 16" in filters
+    _run("tc", "qdisc", "del", "dev", IF_B, "root", ns=NS_B)
+
+
+def test_missing_interface_is_a_clear_error(veth: None) -> None:
+    with pytest.raises(TcError, match="not found in netns"):
+        read_stats("sptc-nonexistent", netns=NS_A)
