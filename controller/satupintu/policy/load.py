@@ -49,7 +49,8 @@ def _load(text: str, name: str) -> LoadedPolicy:
                                                   "version, name, backbone, classes, opds, ...")])
     if not isinstance(located.data, dict):
         kind = "a list" if isinstance(located.data, list) else f"a single value ({type(located.data).__name__})"
-        raise PolicyError([Issue(name, 1, 1, f"top level is {kind}; a policy is a mapping with keys "
+        line, col = located.position(())
+        raise PolicyError([Issue(name, line, col, f"top level is {kind}; a policy is a mapping with keys "
                                              "version, name, backbone, classes, opds, ...")])
     try:
         policy = Policy.model_validate(located.data)
