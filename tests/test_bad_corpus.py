@@ -114,6 +114,13 @@ def test_oversized_file(tmp_path: Path) -> None:
                                Expectation(1, 1, "larger than the 16 MiB limit"))
 
 
+def test_oversized_file_of_multibyte_text(tmp_path: Path) -> None:
+    # Reading stops one byte past the limit, in the middle of a 2-byte 'é': still "too large", not "not UTF-8".
+    content = BASE + b"# " + "\u00e9".encode() * (MAX_FILE_BYTES // 2) + b"\n"
+    assert_refused_as_expected(_built(tmp_path, "oversized-utf8.yaml", content),
+                               Expectation(1, 1, "larger than the 16 MiB limit"))
+
+
 def test_file_exactly_at_the_size_limit_is_read(tmp_path: Path) -> None:
     content = BASE + b"#" + b"x" * (MAX_FILE_BYTES - len(BASE) - 2) + b"\n"
     assert len(content) == MAX_FILE_BYTES

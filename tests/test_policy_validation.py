@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from satupintu.policy.errors import Issue, PolicyError
+from satupintu.policy.errors import MAX_ISSUES, Issue, PolicyError
 from satupintu.policy.load import LoadedPolicy, load_policy, load_policy_bytes, load_policy_text
 from satupintu.policy.schedule import BASE_WINDOW, active_window, next_boundary, resolve_allocations
 from satupintu.policy.source import MAX_DEPTH, MAX_FILE_BYTES
@@ -1063,3 +1063,30 @@ def test_yaml_1_1_surprises_are_plain_strings() -> None:
     # YAML 1.1 would read 07:00 as 420 (sexagesimal) and 0700 as octal; the loader uses 1.2 core rules.
     text = edit('start: "07:00"', "start: 07:00")
     assert loaded(text).policy.schedules[0].start == 7 * 60
+
+
+# ---------------------------------------------------------------- bounded output and time on hostile scale
+
+
+def test_thousands_of_unknown_keys_are_summarised() -> None:
+    text = BASE + "".join(f"extra{index}: 1\n" for index in range(5000))
+    issues = refused(text)
+    assert len(issues) == MAX_ISSUES + 1
+    assert "... and 4000 more problems like the ones above" in issues[-1].message
+    assert issues[-1].line == at(text, "extra1000:")[0]
+
+
+def test_thousands_of_near_miss_codes_in_a_schedule_do_not_hang() -> None:
+    # difflib against 8,000 codes for each of 3,000 unknown codes took 90 s before suggestions were capped.
+    opds = "".join(
+        f"  - {{id: {index}, code: OPD{index}, name: n, prefixes: [10.{index // 256}.{index % 256}.0/24],"
+        f" download: {{guaranteed: 1kbps, ceiling: 1Mbps}}, upload: {{guaranteed: 1kbps, ceiling: 1Mbps}}}}\n"
+        for index in range(1, 8001))
+    overrides = "".join(f"      OPD{index}X: {{download: {{guaranteed: 1Mbps}}}}\n" for index in range(1, 3001))
+    text = (BASE[: BASE.index("opds:")] + "opds:\n" + opds
+            + "schedules:\n  - name: x\n    days: [sat]\n    start: '07:00'\n    end: '08:00'\n    opds:\n" + overrides)
+    started = time.perf_counter()
+    issues = refused(text)
+    assert time.perf_counter() - started < 15
+    assert "no OPD has code 'OPD1X'; did you mean 'OPD1'?" in issues[0].message
+    assert len(issues) == MAX_ISSUES + 1 and "2000 more problems" in issues[-1].message

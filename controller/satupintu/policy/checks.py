@@ -8,7 +8,7 @@ import re
 from collections.abc import Iterator
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from satupintu.policy.errors import Issue
+from satupintu.policy.errors import MAX_ISSUES, Issue, more_issues
 from satupintu.policy.model import DAYS, Policy
 from satupintu.policy.schedule import resolve_allocations, weekly_intervals
 from satupintu.policy.source import Located
@@ -23,11 +23,17 @@ def cross_check(policy: Policy, located: Located, index_map: dict[str, list[int]
     back to the file, and checks that would blame the missing items are skipped."""
     issues: list[Issue] = []
     index_map = index_map or {}
+    hidden: list[tuple[int, int]] = []
 
     def report(path: tuple, message: str, severity: str = "error") -> None:
         if index_map:
-            path, message = _remap(path, index_map), _remap_text(message, index_map)
+            path = _remap(path, index_map)
         line, col = located.position(path)
+        if len(issues) >= MAX_ISSUES:
+            hidden.append((line, col))
+            return
+        if index_map:
+            message = _remap_text(message, index_map)
         issues.append(Issue(located.file, line, col, message, severity))
 
     _check_identity(policy, report)
@@ -36,6 +42,8 @@ def cross_check(policy: Policy, located: Located, index_map: dict[str, list[int]
     _check_allocations(policy, report)
     _check_schedules(policy, report, check_codes="opds" not in index_map)
     _check_sums(policy, report)
+    if hidden:
+        issues.append(more_issues(located.file, *hidden[0], len(hidden)))
     return issues
 
 
@@ -191,6 +199,7 @@ def _check_schedules(policy: Policy, report, check_codes: bool = True) -> None:
         report(("timezone",), f"unknown time zone '{policy.timezone}' (e.g. Asia/Jakarta for WIB, Asia/Makassar "
                               "for WITA, Asia/Jayapura for WIT)")
     codes = {opd.code: opd for opd in policy.opds}
+    suggestions = 20  # difflib against thousands of codes is slow: suggest for the first few only
     names: dict[str, int] = {}
     taken: list[tuple[int, int, int]] = []  # (start, end, schedule index) in minutes of the week
     for index, schedule in enumerate(policy.schedules):
@@ -210,8 +219,9 @@ def _check_schedules(policy: Policy, report, check_codes: bool = True) -> None:
             continue
         for code in schedule.opds:
             if code not in codes and check_codes:
+                suggestions -= 1
                 report(here + ("opds", code),
-                       f"schedule '{schedule.name}': no OPD has code '{code}'{_guess(code, codes)}")
+                       f"schedule '{schedule.name}': no OPD has code '{code}'{_guess(code, codes, suggestions >= 0)}")
         overlap = _first_overlap(weekly_intervals(schedule), taken)
         if overlap is not None:
             begin, other = overlap
@@ -253,8 +263,8 @@ def _first_overlap(intervals: list[tuple[int, int]],
     return found
 
 
-def _guess(code: str, codes: dict) -> str:
-    guess = difflib.get_close_matches(code, list(codes), n=1, cutoff=0.6)
+def _guess(code: str, codes: dict, suggest: bool = True) -> str:
+    guess = difflib.get_close_matches(code, list(codes), n=1, cutoff=0.6) if suggest else []
     note = ""
     strange = next((ch for ch in code if not ch.isascii()), None)
     if strange is not None:

@@ -4,6 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+MAX_ISSUES = 1000  # per stage; hostile input could otherwise produce millions of messages
+
+
+def more_issues(file: str, line: int, column: int, hidden: int) -> Issue:
+    """Stands in for the issues past MAX_ISSUES, at the first of them."""
+    return Issue(file, line, column, f"... and {hidden} more problems like the ones above (only the first "
+                                     f"{MAX_ISSUES} are listed)")
+
 
 @dataclass(frozen=True, slots=True)
 class Issue:

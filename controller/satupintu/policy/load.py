@@ -14,7 +14,7 @@ from pydantic import BaseModel, ValidationError
 
 from satupintu.gcpause import gc_paused
 from satupintu.policy.checks import cross_check
-from satupintu.policy.errors import Issue, PolicyError
+from satupintu.policy.errors import MAX_ISSUES, Issue, PolicyError, more_issues
 from satupintu.policy.model import CODE_PATTERN, NAME_PATTERN, Policy
 from satupintu.policy.source import Located, decode, load_yaml, read_text
 
@@ -55,7 +55,8 @@ def _load(text: str, name: str) -> LoadedPolicy:
     try:
         policy = Policy.model_validate(located.data)
     except ValidationError as exc:
-        raise PolicyError(schema_issues(exc, located, Policy) + _partial_cross_check(exc, located)) from None
+        errors = exc.errors(include_url=False)
+        raise PolicyError(schema_issues(exc, located, Policy, errors) + _partial_cross_check(errors, located)) from None
     issues = cross_check(policy, located)
     errors = [issue for issue in issues if issue.severity == "error"]
     if errors:
@@ -68,14 +69,14 @@ _SECTIONS = ("classes", "opds", "public_wifi", "schedules")
 _PLACEHOLDERS = {"version": 1, "name": "policy", "inter_opd": "deny"}  # no cross-check reads these
 
 
-def _partial_cross_check(exc: ValidationError, located: Located) -> list[Issue]:
+def _partial_cross_check(errors: list, located: Located) -> list[Issue]:
     """Cross-check what did validate, so one run reports (nearly) every error: list items
     with schema errors are left out; if the errors are in settings the checks need
     (backbone, timezone, ...) there is nothing sound to check and nothing is added."""
     data = located.data
     cleaned = dict(data)
     bad: dict[str, set[int]] = {section: set() for section in _SECTIONS}
-    for error in exc.errors(include_url=False):
+    for error in errors:
         loc = _data_loc(error["loc"], data)
         head = loc[0] if loc else None
         if head in _SECTIONS and len(loc) >= 2 and isinstance(loc[1], int) and isinstance(data.get(head), list):
@@ -98,18 +99,23 @@ def _partial_cross_check(exc: ValidationError, located: Located) -> list[Issue]:
     return cross_check(policy, located, index_map)
 
 
-def schema_issues(exc: ValidationError, located: Located, root: type[BaseModel]) -> list[Issue]:
-    issues = []
-    errors = exc.errors(include_url=False)
+def schema_issues(exc: ValidationError, located: Located, root: type[BaseModel],
+                  errors: list | None = None) -> list[Issue]:
+    issues: list[Issue] = []
+    if errors is None:
+        errors = exc.errors(include_url=False)
     misspelt = set()  # (parent loc, key) that an unknown key's did-you-mean already points to
-    for error in errors:
+    for error in errors[:MAX_ISSUES]:
         if error["type"] == "extra_forbidden" and error["loc"]:
             loc = _data_loc(error["loc"], located.data)
             guess = difflib.get_close_matches(str(loc[-1]), _allowed_keys(root, loc[:-1]), n=1, cutoff=0.6)
             misspelt.update((loc[:-1], key) for key in guess)
-    for error in errors:
+    for index, error in enumerate(errors):
         loc = _data_loc(error["loc"], located.data)
         line, col = located.position(loc)
+        if len(issues) >= MAX_ISSUES:
+            issues.append(more_issues(located.file, line, col, len(errors) - index))
+            break
         where = _dotted(loc)
         kind = error["type"]
         if kind == "extra_forbidden" and loc:
