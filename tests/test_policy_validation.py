@@ -1090,3 +1090,19 @@ def test_thousands_of_near_miss_codes_in_a_schedule_do_not_hang() -> None:
     assert time.perf_counter() - started < 15
     assert "no OPD has code 'OPD1X'; did you mean 'OPD1'?" in issues[0].message
     assert len(issues) == MAX_ISSUES + 1 and "2000 more problems" in issues[-1].message
+
+
+@pytest.mark.parametrize("character", ["\u2028", "\u2029", "\x85"])
+def test_invisible_line_break_characters_are_refused_where_they_are(character: str) -> None:
+    # YAML breaks lines at these; editors do not, so every later position would be off by one.
+    text = edit("name: Dinas Kesehatan", f"name: Dinas{character}Kesehatan")
+    issue = only_error(text)
+    assert (issue.line, issue.column) == at(text, character)
+    assert "invisible" in issue.message and f"U+{ord(character):04X}" in issue.message
+
+
+def test_crlf_line_endings_give_the_same_positions() -> None:
+    text = edit("code: DISDIK", "code: disdik")
+    unix, windows = only_error(text), only_error(text.replace("\n", "\r\n"))
+    assert (windows.line, windows.column, windows.message) == (unix.line, unix.column, unix.message)
+    assert loaded(BASE.replace("\n", "\r\n")).policy == loaded(BASE).policy

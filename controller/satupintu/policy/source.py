@@ -92,6 +92,22 @@ def _refuse_nul(name: str, raw: bytes) -> None:
         raise _refuse(name, line, col, "binary data (NUL byte): a policy is UTF-8 text")
 
 
+_INVISIBLE_BREAKS = re.compile("[\x85\u2028\u2029]")
+_BREAK_NAMES = {"\x85": "NEXT LINE (U+0085)", "\u2028": "LINE SEPARATOR (U+2028)",
+                "\u2029": "PARAGRAPH SEPARATOR (U+2029)"}
+
+
+def _refuse_invisible_breaks(name: str, text: str) -> None:
+    """YAML treats these as line breaks, editors show nothing: every position after one
+    would be off by a line, and a pasted one silently splits a value."""
+    found = _INVISIBLE_BREAKS.search(text)
+    if found:
+        offset = found.start()
+        line, col = text.count("\n", 0, offset) + 1, offset - (text.rfind("\n", 0, offset) + 1) + 1
+        raise _refuse(name, line, col, f"invisible {_BREAK_NAMES[found.group()]} character (often pasted from a "
+                                       "web page or document); YAML reads it as a line break: delete it")
+
+
 def _byte_position(raw: bytes, offset: int) -> tuple[int, int]:
     """1-based (line, column in characters) of a byte offset into UTF-8-ish bytes."""
     line_start = raw.rfind(b"\n", 0, offset) + 1
@@ -112,6 +128,7 @@ def load_yaml(name: str, text: str) -> Located:
         raise _refuse(name, line, col, f"not UTF-8 text (lone surrogate U+{ord(text[exc.start]):04X}): "
                                        "save the file as UTF-8") from None
     _refuse_nul(name, raw)
+    _refuse_invisible_breaks(name, text)
     if not text.strip() or all(
         not line.strip() or line.lstrip().startswith("#") for line in text.splitlines()
     ):
