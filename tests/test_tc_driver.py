@@ -13,19 +13,35 @@ import re
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 
 import pytest
 
 from satupintu.compile.plan import Direction, HtbClass, QueuePlan, U32Rule
-from satupintu.drivers.tc import TcError, TcShaper, probe_leaf_qdisc, read_stats
+from satupintu.drivers.tc import (
+    PlanError,
+    TcError,
+    TcShaper,
+    _decode_rule_sel,
+    _rule_sel,
+    _xmittime,
+    probe_leaf_qdisc,
+    read_stats,
+)
 
-pytestmark = [
+_needs_netns = [
     pytest.mark.netns,
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces"),
     pytest.mark.skipif(shutil.which("ip") is None or shutil.which("tc") is None, reason="needs iproute2"),
 ]
+
+
+def needs_netns_mark(test: Callable[..., None]) -> Callable[..., None]:
+    """netns marker + root/iproute2 skips, for the tests that touch the kernel."""
+    for mark in _needs_netns:
+        test = mark(test)
+    return test
 
 PID = os.getpid()
 NS_A, NS_B = f"sptc-{PID}-a", f"sptc-{PID}-b"
@@ -154,6 +170,7 @@ def _qdiscs() -> dict[str, tuple[str, int]]:
     return found
 
 
+@needs_netns_mark
 def test_probe_leaf_qdisc_matches_what_tc_can_create(veth: None) -> None:
     kind = probe_leaf_qdisc()
     assert kind == probe_leaf_qdisc() and kind in ("fq_codel", "bfifo")
@@ -162,6 +179,7 @@ def test_probe_leaf_qdisc_matches_what_tc_can_create(veth: None) -> None:
     assert kind == ("fq_codel" if can else "bfifo")
 
 
+@needs_netns_mark
 def test_fresh_port_gets_full_tree_and_reapply_sends_nothing(veth: None) -> None:
     _run("tc", "qdisc", "replace", "dev", IF_A, "root", "tbf", "rate", "1mbit", "burst", "10k", "latency", "50ms",
          ns=NS_A)  # a foreign root: must be replaced, not tuned
@@ -182,6 +200,7 @@ def test_fresh_port_gets_full_tree_and_reapply_sends_nothing(veth: None) -> None
     assert again.changes == 0 and again.requests == 0 and not again.rebuilt
 
 
+@needs_netns_mark
 def test_single_class_reaches_ceiling_and_stats_count_it(veth: None) -> None:
     TcShaper().apply(_plan(), netns=NS_A)
     before = read_stats(IF_A, netns=NS_A)
@@ -196,6 +215,7 @@ def test_single_class_reaches_ceiling_and_stats_count_it(veth: None) -> None:
     assert after[A_DEF].borrows > before[A_DEF].borrows  # above its 12 Mbit/s rate: borrowed from A/root
 
 
+@needs_netns_mark
 def test_two_saturating_classes_split_by_guarantee(veth: None) -> None:
     TcShaper().apply(_plan(), netns=NS_A)
     rate_a, rate_b = _iperf([(SRC_A, None), (SRC_B, None)], seconds=4)
@@ -204,6 +224,7 @@ def test_two_saturating_classes_split_by_guarantee(veth: None) -> None:
     assert rate_a + rate_b <= 1.05 * CAPACITY
 
 
+@needs_netns_mark
 def test_ceil_change_is_one_hitless_class_change(veth: None) -> None:
     shaper = TcShaper()
     shaper.apply(_plan(), netns=NS_A)
@@ -224,6 +245,7 @@ def test_ceil_change_is_one_hitless_class_change(veth: None) -> None:
     assert shaper.apply(_plan(b_ceil=10 * M), netns=NS_A).requests == 0
 
 
+@needs_netns_mark
 def test_dscp_steers_to_realtime_leaves(veth: None) -> None:
     TcShaper().apply(_plan(), netns=NS_A)
     before = read_stats(IF_A, netns=NS_A)
@@ -237,6 +259,7 @@ def test_dscp_steers_to_realtime_leaves(veth: None) -> None:
     assert grew[2] < 10_000
 
 
+@needs_netns_mark
 def test_remove_readd_and_retarget_send_only_the_difference(veth: None) -> None:
     shaper = TcShaper()
     shaper.apply(_plan(), netns=NS_A)
@@ -256,6 +279,7 @@ def test_remove_readd_and_retarget_send_only_the_difference(veth: None) -> None:
     assert shaper.apply(plan, netns=NS_A).requests == 1
 
 
+@needs_netns_mark
 def test_download_plan_matches_destination_address(veth: None) -> None:
     report = TcShaper().apply(_plan(port=IF_B, direction=Direction.DOWNLOAD), netns=NS_B)
     assert report.rebuilt and report.classes_added == 8
@@ -264,6 +288,60 @@ def test_download_plan_matches_destination_address(veth: None) -> None:
     _run("tc", "qdisc", "del", "dev", IF_B, "root", ns=NS_B)
 
 
+@needs_netns_mark
 def test_missing_interface_is_a_clear_error(veth: None) -> None:
     with pytest.raises(TcError, match="not found in netns"):
         read_stats("sptc-nonexistent", netns=NS_A)
+
+
+@needs_netns_mark
+def test_reparenting_moves_subtree_and_its_filters(veth: None) -> None:
+    shaper = TcShaper()
+    shaper.apply(_plan(), netns=NS_A)
+    plan = _plan()
+    moved = replace(plan, classes=tuple(replace(k, parent_minor=A) if k.minor == B else k for k in plan.classes))
+    report = shaper.apply(moved, netns=NS_A)
+    # HTB cannot change a parent in place: B and its leaves go and come back, their two filters with them
+    assert (report.classes_changed, report.filters_changed, report.qdiscs_added) == (3, 2, 2)
+    assert "class htb 1:10 parent 1:8 " in _run("tc", "class", "show", "dev", IF_A, ns=NS_A).stdout
+    assert "flowid 1:11" in _run("tc", "filter", "show", "dev", IF_A, ns=NS_A).stdout
+    assert shaper.apply(moved, netns=NS_A).requests == 0
+    assert shaper.apply(plan, netns=NS_A).classes_changed == 3
+
+
+@needs_netns_mark
+def test_new_default_class_rebuilds_because_htb_cannot_change_it(veth: None) -> None:
+    shaper = TcShaper()
+    shaper.apply(_plan(), netns=NS_A)
+    report = shaper.apply(replace(_plan(), default_minor=A_DEF), netns=NS_A)
+    assert report.rebuilt and report.classes_added == 8
+    assert "default 0xa" in _run("tc", "qdisc", "show", "dev", IF_A, ns=NS_A).stdout
+    assert shaper.apply(replace(_plan(), default_minor=A_DEF), netns=NS_A).requests == 0
+    assert shaper.apply(_plan(), netns=NS_A).rebuilt
+
+
+# ---------------------------------------------------------------- pure (no kernel)
+
+
+def test_selector_round_trips_and_foreign_selectors_are_not_decoded() -> None:
+    for prefix, dscp, direction in (("10.71.0.0/16", 46, Direction.UPLOAD), ("10.72.5.0/24", None,
+                                    Direction.DOWNLOAD), ("0.0.0.0/0", 0, Direction.UPLOAD)):
+        assert _decode_rule_sel(_rule_sel(prefix, dscp, direction), direction) == (prefix, dscp)
+    upload = _rule_sel("10.71.0.0/16", None, Direction.UPLOAD)
+    assert _decode_rule_sel(upload, Direction.DOWNLOAD) is None  # src key read as a dst rule: replace it
+    assert _decode_rule_sel(upload[:-4], Direction.UPLOAD) is None
+
+
+def test_burst_ticks_match_iproute2() -> None:
+    assert _xmittime(20 * M // 8, 12_500) == 78_125  # tc: "rate 20Mbit burst 12500b" -> buffer 78125
+
+
+def test_invalid_plans_are_refused_before_touching_the_kernel() -> None:
+    plan = _plan(port="sptc-never-exists")
+    bad_bucket = replace(plan, rules=(*plan.rules, U32Rule("10.72.6.0/24", None, B_DEF, 5, 20, 2)))
+    bad_parent = replace(plan, classes=(*plan.classes, _htb(40, 39, M, M, 0, M, "orphan")))
+    inner_default = replace(plan, default_minor=A)
+    link_node = replace(plan, rules=(*plan.rules, U32Rule("10.73.0.0/16", None, B_DEF, None, 0xFFF, 3)))
+    for bad in (bad_bucket, bad_parent, inner_default, link_node):
+        with pytest.raises(PlanError):
+            TcShaper().apply(bad)
