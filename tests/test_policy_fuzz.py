@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
@@ -12,6 +13,7 @@ from hypothesis import strategies as st
 
 from satupintu.policy.errors import PolicyError
 from satupintu.policy.load import LoadedPolicy, load_policy_bytes, load_policy_text
+from satupintu.policy.schedule import active_window, next_boundary
 
 REPO = Path(__file__).resolve().parents[1]
 MINIMAL = (REPO / "policies" / "minimal.yaml").read_text()
@@ -160,3 +162,20 @@ def test_mutated_policy_bytes_match_text_loading(text: str) -> None:
 def test_unmodified_minimal_policy_loads() -> None:
     loaded = _check(lambda: load_policy_text(MINIMAL, NAME), MINIMAL)
     assert loaded is not None and not loaded.warnings
+
+
+GOOD_SCHEDULES = (REPO / "tests" / "data" / "good" / "midnight-and-week-wrap.yaml").read_text()
+INSTANTS = st.datetimes(min_value=datetime(2020, 1, 1), max_value=datetime(2035, 1, 1)).map(
+    lambda moment: moment.replace(tzinfo=UTC))
+
+
+@FUZZ
+@given(st.sampled_from(["Asia/Jayapura", "Asia/Jakarta", "Europe/Berlin", "America/New_York"]), INSTANTS,
+       st.floats(min_value=0, max_value=1))
+def test_the_window_in_force_holds_until_next_boundary(zone: str, when: datetime, fraction: float) -> None:
+    policy = load_policy_text(GOOD_SCHEDULES.replace("Asia/Jayapura", zone), NAME).policy
+    boundary = next_boundary(policy, when)
+    assert boundary is not None and when < boundary <= when + timedelta(days=7, hours=2)
+    between = when + (boundary - when) * fraction
+    if between < boundary:
+        assert active_window(policy, between) == active_window(policy, when)
