@@ -244,6 +244,13 @@ def test_unknown_key_inside_flow_mapping_of_a_schedule_override() -> None:
     assert "did you mean 'download'?" in issue.message and "allowed here: download, upload" in issue.message
 
 
+def test_unknown_key_in_the_wrong_case_suggests_the_lowercase_key() -> None:
+    text = edit("    upload:\n      guaranteed: 15Mbps", "    Upload:\n      guaranteed: 15Mbps")
+    issue = only_error(text)
+    assert (issue.line, issue.column) == at(text, "Upload")
+    assert "unknown key 'Upload'; did you mean 'upload'?" in issue.message
+
+
 def test_unknown_key_without_close_match_lists_allowed_keys_only() -> None:
     text = edit("timezone: Asia/Jakarta", "timezone: Asia/Jakarta\nflavour: vanilla")
     issue = only_error(text)
@@ -646,7 +653,7 @@ def test_empty_window() -> None:
     text = edit('end: "16:00"', 'end: "07:00"')
     issue = only_error(text)
     assert (issue.line, issue.column) == at(text, 'end: "07:00"')
-    assert "start and end are both 07:00" in issue.message
+    assert "start and end are both 07:00" in issue.message and 'end: "24:00"' in issue.message
 
 
 def test_schedules_overlapping_on_the_same_day() -> None:

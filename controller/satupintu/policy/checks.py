@@ -215,7 +215,7 @@ def _check_schedules(policy: Policy, report, check_codes: bool = True) -> None:
             continue
         if schedule.start == schedule.end:
             report(here + ("end",), f"schedule '{schedule.name}': start and end are both {_clock(schedule.start)}; "
-                                    "an empty window never applies")
+                                    "a window needs a length (for a whole day write start: \"00:00\", end: \"24:00\")")
             continue
         for code in schedule.opds:
             if code not in codes and check_codes:

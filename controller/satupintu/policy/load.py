@@ -6,6 +6,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import re
+import reprlib
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,7 +109,7 @@ def schema_issues(exc: ValidationError, located: Located, root: type[BaseModel],
     for error in errors[:MAX_ISSUES]:
         if error["type"] == "extra_forbidden" and error["loc"]:
             loc = _data_loc(error["loc"], located.data)
-            guess = difflib.get_close_matches(str(loc[-1]), _allowed_keys(root, loc[:-1]), n=1, cutoff=0.6)
+            guess = _close_key(loc[-1], _allowed_keys(root, loc[:-1]))
             misspelt.update((loc[:-1], key) for key in guess)
     for index, error in enumerate(errors):
         loc = _data_loc(error["loc"], located.data)
@@ -120,7 +121,7 @@ def schema_issues(exc: ValidationError, located: Located, root: type[BaseModel],
         kind = error["type"]
         if kind == "extra_forbidden" and loc:
             allowed = _allowed_keys(root, loc[:-1])
-            guess = difflib.get_close_matches(str(loc[-1]), allowed, n=1, cutoff=0.6)
+            guess = _close_key(loc[-1], allowed)
             hint = f"; did you mean '{guess[0]}'?" if guess else ""
             message = f"unknown key {_got(str(loc[-1]))}{hint} (allowed here: {', '.join(allowed)})"
             where = _dotted(loc[:-1])
@@ -138,6 +139,11 @@ def schema_issues(exc: ValidationError, located: Located, root: type[BaseModel],
         prefix = f"{where}: " if where else ""
         issues.append(Issue(located.file, line, col, prefix + message))
     return issues
+
+
+def _close_key(key: object, allowed: list[str]) -> list[str]:
+    """The allowed key an unknown one was probably meant to be (keys are lowercase)."""
+    return difflib.get_close_matches(str(key).strip().lower(), allowed, n=1, cutoff=0.6)
 
 
 def _data_loc(loc: tuple, data: object) -> tuple:
@@ -195,9 +201,15 @@ def _explain(error: dict, kind: str) -> str:
     return f"{message} (got {_got(value)})"
 
 
-def _got(value: object, limit: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 60
+_REPR.maxlist = _REPR.maxdict = _REPR.maxtuple = _REPR.maxset = 4
+_REPR.maxlevel = 2
+
+
+def _got(value: object) -> str:
+    """A short repr: inputs can be huge (a whole section) or very long strings."""
+    return _REPR.repr(value)
 
 
 def _dotted(loc: tuple) -> str:
