@@ -1,0 +1,1 @@
+"""Emulation: the Mininet backbone (network), the controller run beside it (session), traffic."""
