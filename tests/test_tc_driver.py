@@ -131,8 +131,9 @@ def _iperf(flows: list[tuple[str, int | None]], seconds: int) -> list[float]:
     if shutil.which("iperf3") is None:
         pytest.skip("needs iperf3")
     ports = [5201 + index for index in range(len(flows))]
-    servers = [subprocess.Popen(["ip", "netns", "exec", NS_B, "iperf3", "-s", "-1", "-B", NET_ADDR_B, "-p",
-                                 str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for port in ports]
+    servers: list[subprocess.Popen[bytes]] = [
+        subprocess.Popen(["ip", "netns", "exec", NS_B, "iperf3", "-s", "-1", "-B", NET_ADDR_B, "-p", str(port)],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for port in ports]
     clients: list[subprocess.Popen[str]] = []
     try:
         deadline = time.monotonic() + 5
@@ -155,7 +156,8 @@ def _iperf(flows: list[tuple[str, int | None]], seconds: int) -> list[float]:
             rates.append(goodput * L2_PER_GOODPUT)
         return rates
     finally:
-        for process in (*clients, *servers):
+        processes: list[subprocess.Popen[str] | subprocess.Popen[bytes]] = [*clients, *servers]
+        for process in processes:
             if process.poll() is None:
                 process.kill()
                 process.wait()

@@ -627,7 +627,6 @@ class _Installed:
 
     classes: dict[int, HtbClass] = field(default_factory=dict)
     params: dict[int, HtbParams] = field(default_factory=dict)
-    levels: dict[int, int] = field(default_factory=dict)  # HTB level: 0 = leaf
     leaf_qdiscs: dict[int, _TcEntry] = field(default_factory=dict)  # by class minor
     rules: dict[tuple[int | None, int], U32Rule] = field(default_factory=dict)
     rule_handles: dict[tuple[int | None, int], int] = field(default_factory=dict)
@@ -717,7 +716,6 @@ class TcShaper:
                 want_params = _htb_params(desired)
                 params = (*params[:5], *want_params[5:])
             installed.params[minor] = params
-            installed.levels[minor] = level
             if desired is not None and _htb_params(desired) == params:
                 installed.classes[minor] = desired  # exactly what we would send
                 continue
@@ -781,8 +779,9 @@ class _Reconcile:
     """One apply: the ordered steps that turn `installed` into `plan` without gaps.
 
     Order: drop filters that must go, drop reparented classes, add classes (parents
-    first), change classes in place, give new leaves their qdisc, install filters,
-    then remove unwanted classes (children first) once no filter points at them.
+    first), change classes in place, give new leaves their qdisc, install filters, drop
+    unwanted filters, then remove unwanted classes (children first) once no filter
+    points at them.
     """
 
     def __init__(self, port: _Port, plan: QueuePlan, installed: _Installed, leaf_kind: str,
@@ -825,15 +824,17 @@ class _Reconcile:
         add = {klass.minor for klass in diff.add_classes} | (early_remove & want.keys())
         change = [new for old, new in diff.change_classes if new.minor not in early_remove]
 
-        # 1. filters that must go before anything else: unwanted, new selector, or
-        #    pointing at a class about to be removed and re-added.
-        removed_keys: set[tuple[int | None, int]] = set()
+        # 1. filters that must go first: a new selector needs a new node (u32 keeps a
+        #    node's selector on change), and filters pin the classes removed in step 2.
+        #    Other unwanted filters stay until the new ones are in (step 6b): no gap.
+        removed_keys = {(rule.bucket, rule.node) for rule in diff.remove_rules}
+        remove_late = [rule for rule in diff.remove_rules if rule.flow_minor not in early_remove]
         readd: list[U32Rule] = []
         in_place: list[U32Rule] = []
         for rule in diff.remove_rules:
-            self._delete_rule(rule)
-            removed_keys.add((rule.bucket, rule.node))
-            report.filters_removed += 1
+            if rule.flow_minor in early_remove:
+                self._delete_rule(rule)
+                report.filters_removed += 1
         for old, new in diff.change_rules:
             if (old.prefix, old.dscp) != (new.prefix, new.dscp) or old.flow_minor in early_remove:
                 self._delete_rule(old)
@@ -886,6 +887,9 @@ class _Reconcile:
         for rule in in_place:
             handle = installed.rule_handles[(rule.bucket, rule.node)]
             self._send_rule(rule, handle, create=False)
+        for rule in remove_late:  # 6b
+            self._delete_rule(rule)
+            report.filters_removed += 1
 
         # 7. unwanted classes, children first: nothing points at them any more
         for minor in sorted(late_remove, key=lambda m: (-_depth(m, have_parent), m)):
