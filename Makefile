@@ -1,0 +1,21 @@
+# Run as root on Debian bookworm: `sudo make demo`, `sudo make test`.
+# Every target that needs the machine runs scripts/setup.sh first (idempotent, seconds when done).
+VENV := .venv
+PY := $(VENV)/bin/python
+LINT_PATHS := controller tests benchmarks
+
+.PHONY: setup test demo lint
+
+setup:
+	bash scripts/setup.sh
+
+test: setup
+	$(PY) -m pytest -q
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+
+demo: setup
+	$(VENV)/bin/satupintu demo
+
+lint:
+	@test -x $(VENV)/bin/ruff || { echo "no $(VENV): run 'sudo make setup' first" >&2; exit 1; }
+	$(VENV)/bin/ruff check $(LINT_PATHS)

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Start Open vSwitch (ovsdb-server + ovs-vswitchd) by hand: there is no systemd on the
+# machines this project runs on. Idempotent: does nothing when both daemons answer.
+# There is no kernel datapath either: every bridge must use datapath_type=netdev.
+set -euo pipefail
+
+RUN_DIR=/var/run/openvswitch
+LOG_DIR=/var/log/openvswitch
+SCHEMA=/usr/share/openvswitch/vswitch.ovsschema
+# /etc/openvswitch/conf.db is a symlink into /var/lib/openvswitch on Debian, possibly dangling
+# on a fresh install: resolve it so that `ovsdb-tool create` does not trip over the link.
+DB=$(readlink -m /etc/openvswitch/conf.db)
+
+die() { echo "start-ovs: $*" >&2; exit 1; }
+
+ovsdb_ok() { ovs-vsctl --timeout=5 show >/dev/null 2>&1; }
+vswitchd_ok() { ovs-appctl --timeout=5 -t ovs-vswitchd version >/dev/null 2>&1; }
+
+if ovsdb_ok && vswitchd_ok; then
+    exit 0
+fi
+
+[[ $EUID -eq 0 ]] || die "Open vSwitch is not running and starting it needs root (sudo $0)"
+command -v ovsdb-server >/dev/null || die "ovsdb-server not found: install openvswitch-switch (scripts/setup.sh)"
+
+mkdir -p "$RUN_DIR" "$LOG_DIR" "$(dirname "$DB")"
+
+if ! ovsdb_ok; then
+    if [[ ! -e $DB ]]; then
+        ovsdb-tool create "$DB" "$SCHEMA"
+    elif [[ $(ovsdb-tool needs-conversion "$DB" "$SCHEMA") == yes ]]; then
+        ovsdb-tool convert "$DB" "$SCHEMA"
+    fi
+    ovsdb-server "$DB" \
+        --remote=punix:"$RUN_DIR"/db.sock \
+        --remote=db:Open_vSwitch,Open_vSwitch,manager_options \
+        --pidfile --detach --log-file \
+        || ovsdb_ok || die "ovsdb-server did not start (see $LOG_DIR/ovsdb-server.log)"
+    ovs-vsctl --no-wait init
+fi
+
+if ! vswitchd_ok; then
+    ovs-vswitchd unix:"$RUN_DIR"/db.sock --pidfile --detach --log-file \
+        || vswitchd_ok || die "ovs-vswitchd did not start (see $LOG_DIR/ovs-vswitchd.log)"
+fi
+
+for _ in $(seq 75); do
+    if ovsdb_ok && vswitchd_ok; then
+        exit 0
+    fi
+    sleep 0.2
+done
+die "Open vSwitch does not answer after 15 s (logs in $LOG_DIR)"
