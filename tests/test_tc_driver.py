@@ -3,6 +3,8 @@
 Rates are checked with iperf3 (bounded runs, namespace addresses only). HTB counts L2
 bytes, iperf3 reports TCP goodput: goodput is scaled by frame/payload before comparing.
 Everything created here is named after this process and removed in teardown.
+Kernel tests carry the `netns` marker: tests/conftest.py skips them locally (fails them
+under CI=true) when root or `ip netns` is missing.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import re
 import shutil
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import replace
 
 import pytest
@@ -29,19 +31,6 @@ from satupintu.drivers.tc import (
     probe_leaf_qdisc,
     read_stats,
 )
-
-_needs_netns = [
-    pytest.mark.netns,
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces"),
-    pytest.mark.skipif(shutil.which("ip") is None or shutil.which("tc") is None, reason="needs iproute2"),
-]
-
-
-def needs_netns_mark(test: Callable[..., None]) -> Callable[..., None]:
-    """netns marker + root/iproute2 skips, for the tests that touch the kernel."""
-    for mark in _needs_netns:
-        test = mark(test)
-    return test
 
 PID = os.getpid()
 NS_A, NS_B = f"sptc-{PID}-a", f"sptc-{PID}-b"
@@ -122,14 +111,18 @@ def veth() -> Iterator[None]:
             _run("ip", "route", "add", prefix, "dev", IF_B, ns=NS_B)
         yield
     finally:
-        for ns in created:
-            _run("ip", "netns", "del", ns, check=False)
+        failed = [f"{ns}: {result.stderr.strip()}" for ns in created
+                  if (result := _run("ip", "netns", "del", ns, check=False)).returncode != 0]
+        if failed:
+            raise RuntimeError("could not delete test namespaces: " + "; ".join(failed))
 
 
 def _iperf(flows: list[tuple[str, int | None]], seconds: int) -> list[float]:
     """Concurrent TCP flows (source address, tos) from NS_A to NS_B; L2-equivalent bit/s each."""
     if shutil.which("iperf3") is None:
-        pytest.skip("needs iperf3")
+        if os.environ.get("CI", "").strip().lower() in {"true", "1", "yes"}:
+            pytest.fail("CI=true, so not skipping: iperf3 not on PATH (run `sudo make setup`)", pytrace=False)
+        pytest.skip("needs iperf3 (run `sudo make setup`)")
     ports = [5201 + index for index in range(len(flows))]
     servers: list[subprocess.Popen[bytes]] = [
         subprocess.Popen(["ip", "netns", "exec", NS_B, "iperf3", "-s", "-1", "-B", NET_ADDR_B, "-p", str(port)],
@@ -172,7 +165,7 @@ def _qdiscs() -> dict[str, tuple[str, int]]:
     return found
 
 
-@needs_netns_mark
+@pytest.mark.netns
 def test_probe_leaf_qdisc_matches_what_tc_can_create(veth: None) -> None:
     kind = probe_leaf_qdisc()
     assert kind == probe_leaf_qdisc() and kind in ("fq_codel", "bfifo")
@@ -181,7 +174,7 @@ def test_probe_leaf_qdisc_matches_what_tc_can_create(veth: None) -> None:
     assert kind == ("fq_codel" if can else "bfifo")
 
 
-@needs_netns_mark
+@pytest.mark.netns
 def test_fresh_port_gets_full_tree_and_reapply_sends_nothing(veth: None) -> None:
     _run("tc", "qdisc", "replace", "dev", IF_A, "root", "tbf", "rate", "1mbit", "burst", "10k", "latency", "50ms",
          ns=NS_A)  # a foreign root: must be replaced, not tuned
@@ -202,7 +195,7 @@ def test_fresh_port_gets_full_tree_and_reapply_sends_nothing(veth: None) -> None
     assert again.changes == 0 and again.requests == 0 and not again.rebuilt
 
 
-@needs_netns_mark
+@pytest.mark.netns
 def test_single_class_reaches_ceiling_and_stats_count_it(veth: None) -> None:
     TcShaper().apply(_plan(), netns=NS_A)
     before = read_stats(IF_A, netns=NS_A)
@@ -217,7 +210,7 @@ def test_single_class_reaches_ceiling_and_stats_count_it(veth: None) -> None:
     assert after[A_DEF].borrows > before[A_DEF].borrows  # above its 12 Mbit/s rate: borrowed from A/root
 
 
-@needs_netns_mark
+@pytest.mark.netns
 def test_two_saturating_classes_split_by_guarantee(veth: None) -> None:
     TcShaper().apply(_plan(), netns=NS_A)
     rate_a, rate_b = _iperf([(SRC_A, None), (SRC_B, None)], seconds=4)
@@ -226,7 +219,7 @@ def test_two_saturating_classes_split_by_guarantee(veth: None) -> None:
     assert rate_a + rate_b <= 1.05 * CAPACITY
 
 
-@needs_netns_mark
+@pytest.mark.netns
 def test_ceil_change_is_one_hitless_class_change(veth: None) -> None:
     shaper = TcShaper()
     shaper.apply(_plan(), netns=NS_A)
@@ -247,7 +240,7 @@ def test_ceil_change_is_one_hitless_class_change(veth: None) -> None:
     assert shaper.apply(_plan(b_ceil=10 * M), netns=NS_A).requests == 0
 
 
-@needs_netns_mark
+@pytest.mark.netns
 def test_dscp_steers_to_realtime_leaves(veth: None) -> None:
     TcShaper().apply(_plan(), netns=NS_A)
     before = read_stats(IF_A, netns=NS_A)
@@ -261,7 +254,7 @@ def test_dscp_steers_to_realtime_leaves(veth: None) -> None:
     assert grew[2] < 10_000
 
 
-@needs_netns_mark
+@pytest.mark.netns
 def test_remove_readd_and_retarget_send_only_the_difference(veth: None) -> None:
     shaper = TcShaper()
     shaper.apply(_plan(), netns=NS_A)
@@ -281,7 +274,7 @@ def test_remove_readd_and_retarget_send_only_the_difference(veth: None) -> None:
     assert shaper.apply(plan, netns=NS_A).requests == 1
 
 
-@needs_netns_mark
+@pytest.mark.netns
 def test_download_plan_matches_destination_address(veth: None) -> None:
     report = TcShaper().apply(_plan(port=IF_B, direction=Direction.DOWNLOAD), netns=NS_B)
     assert report.rebuilt and report.classes_added == 8
@@ -290,13 +283,13 @@ def test_download_plan_matches_destination_address(veth: None) -> None:
     _run("tc", "qdisc", "del", "dev", IF_B, "root", ns=NS_B)
 
 
-@needs_netns_mark
+@pytest.mark.netns
 def test_missing_interface_is_a_clear_error(veth: None) -> None:
     with pytest.raises(TcError, match="not found in netns"):
         read_stats("sptc-nonexistent", netns=NS_A)
 
 
-@needs_netns_mark
+@pytest.mark.netns
 def test_reparenting_moves_subtree_and_its_filters(veth: None) -> None:
     shaper = TcShaper()
     shaper.apply(_plan(), netns=NS_A)
@@ -311,7 +304,7 @@ def test_reparenting_moves_subtree_and_its_filters(veth: None) -> None:
     assert shaper.apply(plan, netns=NS_A).classes_changed == 3
 
 
-@needs_netns_mark
+@pytest.mark.netns
 def test_new_default_class_rebuilds_because_htb_cannot_change_it(veth: None) -> None:
     shaper = TcShaper()
     shaper.apply(_plan(), netns=NS_A)
