@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from satupintu.policy.model import Opd, Policy, WifiPool
-from satupintu.topology import Topology
+from satupintu.topology import Topology, Trunk
 
 log = logging.getLogger("satupintu.emulation")
 
@@ -37,6 +37,7 @@ UPSTREAM_HOST = "inet"
 OFFLOAD_ARGS = "tx off rx off tso off gso off gro off"
 HOST_OFFSET = 10  # hosts take .10 of their prefix: clear of gateways/servers an engineer may add
 SYS_NET = Path("/sys/class/net")
+IFNAMSIZ = 15  # longest Linux interface name
 PARALLEL = 16  # concurrent helper processes when configuring host namespaces
 
 
@@ -107,6 +108,20 @@ def switch_interfaces(topology: Topology) -> list[str]:
     names += [topology.interface(switch, topology.attach_port(owner)) for owner, switch in topology.attachments.items()]
     names.append(topology.interface(topology.gateway, topology.upstream_port))
     return sorted(names)
+
+
+def renamed(topology: Topology, prefix: str, dpid_offset: int = 0) -> Topology:
+    """A copy of `topology` with every switch name prefixed and dpids shifted: lets a test build
+    the same layout beside a running emulation (bridge and interface names must not clash)."""
+    names = {name: prefix + name for name in topology.dpids}
+    copy = Topology(topology.name, {names[name]: dpid + dpid_offset for name, dpid in topology.dpids.items()},
+                    [Trunk(names[t.a], t.a_port, names[t.b], t.b_port) for t in topology.trunks],
+                    names[topology.gateway], topology.upstream_port, topology.backbone_port,
+                    topology.upstream_address, {owner: names[switch] for owner, switch in topology.attachments.items()})
+    too_long = [name for name in switch_interfaces(copy) if len(name) > IFNAMSIZ]
+    if too_long:
+        raise EmulationError(f"prefix '{prefix}' makes interface names longer than {IFNAMSIZ}: {too_long[0]}")
+    return copy
 
 
 def existing_bridges() -> set[str]:
