@@ -193,7 +193,8 @@ def test_several_independent_errors_are_all_reported_in_one_policy_error() -> No
 
 
 def test_cross_check_errors_are_reported_together_with_schema_errors() -> None:
-    text = edit("    code: DISDIK", "    code: disdik")                                  # schema: opds[1]
+    text = edit("version: 1", "version: 2")                                             # schema: version
+    text = edit("    code: DISDIK", "    code: disdik", text)                            # schema: opds[1]
     text = edit("prefixes: [10.200.0.0/16]", "prefixes: [10.1.0.0/16]", text)            # overlaps DINKES
     text = edit("download: {guaranteed: 30Mbps, ceiling: 80Mbps}",
                 "download: {guaranteed: 30Mbps, ceiling: 180Mbps}", text)               # above capacity
@@ -203,7 +204,8 @@ def test_cross_check_errors_are_reported_together_with_schema_errors() -> None:
     assert "expected an ASCII code" in messages[at(text, "code: disdik")[0]]
     assert "overlaps 10.1.1.0/24 of DINKES (opds[0].prefixes[0])" in messages[at(text, "10.1.0.0/16")[0]]
     assert "ceiling 180Mbps is above the backbone download capacity" in messages[at(text, "180Mbps")[0]]
-    assert len(issues) == 3, "\n".join(map(str, issues))
+    assert "version: Input should be 1 (got 2)" in messages[1]
+    assert len(issues) == 4, "\n".join(map(str, issues))
 
 
 def test_partial_cross_check_keeps_original_indices_and_does_not_blame_left_out_items() -> None:
@@ -215,6 +217,15 @@ def test_partial_cross_check_keeps_original_indices_and_does_not_blame_left_out_
     assert issues[1].line == at(text, "10.1.2.128/25")[0]
     assert "of DISDIK (opds[1].prefixes[0])" in issues[1].message  # not opds[0]: indices are the file's
     # the schedule still names DINKES, which was left out: no "no OPD has code" error for it
+
+
+def test_partial_cross_check_locates_errors_of_items_after_a_left_out_one() -> None:
+    text = edit("  - id: 1\n    code: DINKES", "  - id: one\n    code: DINKES")  # opds[0] left out
+    text = edit("      ceiling: 80Mbps", "      ceiling: 20Mbps", text)  # opds[1] download
+    issues = refused(text)
+    assert len(issues) == 2, "\n".join(map(str, issues))
+    assert (issues[1].line, issues[1].column) == at(text, "guaranteed: 30Mbps\n      ceiling: 20Mbps")
+    assert "DISDIK download: guaranteed 30Mbps is above its ceiling 20Mbps" in issues[1].message
 
 
 # ---------------------------------------------------------------- unknown and missing keys
@@ -245,10 +256,10 @@ def test_unknown_key_inside_flow_mapping_of_a_schedule_override() -> None:
 
 
 def test_unknown_key_in_the_wrong_case_suggests_the_lowercase_key() -> None:
-    text = edit("    upload:\n      guaranteed: 15Mbps", "    Upload:\n      guaranteed: 15Mbps")
+    text = edit("    upload:\n      guaranteed: 15Mbps", "    UPLOAD:\n      guaranteed: 15Mbps")
     issue = only_error(text)
-    assert (issue.line, issue.column) == at(text, "Upload")
-    assert "unknown key 'Upload'; did you mean 'upload'?" in issue.message
+    assert (issue.line, issue.column) == at(text, "UPLOAD")
+    assert "unknown key 'UPLOAD'; did you mean 'upload'?" in issue.message
 
 
 def test_unknown_key_without_close_match_lists_allowed_keys_only() -> None:
