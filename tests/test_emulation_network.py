@@ -219,3 +219,72 @@ def test_refuses_to_start_over_an_existing_bridge(policy, ovs_bridge_factory) ->
 def test_renamed_refuses_names_too_long_for_linux() -> None:
     with pytest.raises(EmulationError, match="longer than 15"):
         renamed(load_topology(REPO / "topologies" / "star-50.yaml"), "long")
+
+
+# ---------------------------------------------------------------- the compiled pipeline, installed by hand
+
+_OFCTL_FIELDS = {"in_port": "in_port", "eth_type": "dl_type", "ipv4_src": "nw_src", "ipv4_dst": "nw_dst",
+                 "arp_spa": "arp_spa", "arp_tpa": "arp_tpa", "metadata": "metadata", "ip_proto": "nw_proto",
+                 "tcp_src": "tcp_src", "tcp_dst": "tcp_dst", "udp_src": "udp_src", "udp_dst": "udp_dst",
+                 "ipv6_src": "ipv6_src", "ipv6_dst": "ipv6_dst"}
+
+
+def _ofctl_value(value: object) -> str:
+    if isinstance(value, tuple):
+        base, mask = value
+        return f"{base}/{mask}" if isinstance(base, str) else f"{base:#x}/{mask:#x}"
+    return str(value)
+
+
+def _ofctl_action(action: tuple) -> str:
+    kind = action[0]
+    if kind == "meter":
+        return f"meter:{action[1]}"
+    if kind == "output":
+        return f"output:{action[1]}"
+    if kind == "set_dscp":
+        return f"set_field:{action[1]}->ip_dscp"
+    if kind == "write_metadata":
+        return f"write_metadata:{action[1]:#x}/{action[2]:#x}"
+    if kind == "goto":
+        return f"goto_table:{action[1]}"
+    raise AssertionError(f"this test does not know the action {action!r}: teach _ofctl_action")
+
+
+def _ofctl_flow(flow) -> str:
+    """A FlowSpec as an ovs-ofctl line (instructions in OF1.3 order: meter, apply, metadata, goto)."""
+    order = {"meter": 0, "output": 1, "set_dscp": 1, "write_metadata": 2, "goto": 3}
+    actions = sorted((action for action in flow.actions if action[0] != "drop"), key=lambda a: order.get(a[0], 1))
+    match = "".join(f",{_OFCTL_FIELDS[key]}={_ofctl_value(value)}" for key, value in flow.match)
+    instructions = ",".join(_ofctl_action(action) for action in actions) or "drop"
+    return f"table={flow.table},priority={flow.priority},cookie={flow.cookie:#x}{match},actions={instructions}"
+
+
+def test_compiled_pipeline_forwards_on_the_tree(policy, tmp_path: Path) -> None:
+    """Until the OpenFlow driver runs here: the compiler's flows, installed with ovs-ofctl into a
+    tree-50 backbone, carry ARP and IP over three hops, drop inter-OPD and spoofed traffic."""
+    from satupintu.compile.state import compile_state
+
+    topology = renamed(load_topology(REPO / "topologies" / "tree-50.yaml"), f"w{os.getpid() % 100}",
+                       DPID_OFFSET + 32)
+    state = compile_state(policy, topology, scale=0.01)
+    with EmulatedNetwork(policy, topology, controller_port=None) as net:
+        for plan in state.switches:
+            for meter in plan.meters:
+                _run(["ovs-ofctl", "-O", "OpenFlow13", "add-meter", plan.name,
+                      f"meter={meter.meter_id},kbps,burst,band=type=drop,rate={meter.rate_kbps},"
+                      f"burst_size={meter.burst_kbits}"])
+            flows = tmp_path / f"{plan.name}.flows"
+            flows.write_text("".join(_ofctl_flow(flow) + "\n" for flow in plan.flows))
+            _run(["ovs-ofctl", "-O", "OpenFlow13", "add-flows", plan.name, str(flows)])
+
+        def ping(source: str, target: str, *extra: str) -> bool:
+            out = net.host(source).cmd(f"ping -n -c 2 -i 0.2 -W 1 {' '.join(extra)} {target}")
+            return " 2 received" in out
+
+        for source in ("opd1", "opd25", "opd50", "wifi900"):  # d1, d3, d5 and core
+            assert ping(source, "100.64.0.1"), source
+        assert ping(UPSTREAM_HOST, "10.33.35.10")  # download direction, inet ARPs for opd7
+        assert not ping("opd1", "10.33.10.10")  # inter_opd: deny
+        net.host("opd1").cmd("ip addr add 10.33.10.99/24 dev opd1-eth0")
+        assert not ping("opd1", "100.64.0.1", "-I", "10.33.10.99")  # OPD 2's address from OPD 1's port
