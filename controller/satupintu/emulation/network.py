@@ -175,7 +175,7 @@ class EmulatedNetwork:
 
     policy: Policy
     topology: Topology
-    scale: float = 0.01
+    scale: float = 0.01  # only reported in the ready file: links are not shaped, the controller's HTB is
     controller_host: str = "127.0.0.1"
     controller_port: int | None = 6653  # None: no controller (switches drop everything)
     hosts: dict[str, HostInfo] = field(default_factory=dict)
@@ -234,13 +234,16 @@ class EmulatedNetwork:
             for name in bridges:
                 argv += ["--", "--if-exists", "del-br", name]
             subprocess.run(argv, capture_output=True)
+        # Helpers a test started inside a host (iperf3 via nsenter) would keep its netns and veth alive.
+        # Found while the namespaces still exist, so an inode number cannot have been reused yet.
+        shells = {host.pid for host in net.hosts}
+        for pid in _pids_in_netns(inodes):
+            if pid not in shells:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
         for node in [*net.hosts, *net.switches]:
             with contextlib.suppress(OSError):
                 node.terminate()
-        # Helpers a test started inside a host (iperf3 via nsenter) would keep its netns and veth alive.
-        for pid in _pids_in_netns(inodes):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
         # Trunk veths have both ends in the root namespace: only an explicit delete removes them.
         _ip_link_delete([self.topology.interface(trunk.a, trunk.a_port) for trunk in self.topology.trunks])
         self._delete_interfaces(switch_interfaces(self.topology) + bridges)
