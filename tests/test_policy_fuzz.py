@@ -3,6 +3,7 @@ raises PolicyError with located issues; never another exception, never a hang.""
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from datetime import UTC, datetime, timedelta
@@ -179,3 +180,66 @@ def test_the_window_in_force_holds_until_next_boundary(zone: str, when: datetime
     between = when + (boundary - when) * fraction
     if between < boundary:
         assert active_window(policy, between) == active_window(policy, when)
+
+
+# ---------------------------------------------------------------- prefix overlaps against a brute-force oracle
+
+OWNER_TEMPLATE = """\
+  - id: {id}
+    code: OPD{id}
+    name: Owner {id}
+    prefixes: [{prefixes}]
+    download: {{guaranteed: 1Mbps, ceiling: 10Mbps}}
+    upload: {{guaranteed: 1Mbps, ceiling: 10Mbps}}
+"""
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+SMALL_PREFIX = st.one_of(
+    st.tuples(st.integers(0, 255), st.integers(0, 255), st.integers(14, 26)).map(
+        lambda t: ipaddress.ip_network(f"10.{t[0] % 4}.{t[1]}.0/{t[2]}", strict=False)),
+    st.tuples(st.integers(0, 3), st.integers(40, 52)).map(
+        lambda t: ipaddress.ip_network(f"2001:db8:{t[0]}::/{t[1]}", strict=False)),
+)
+
+
+@FUZZ
+@given(st.lists(st.lists(SMALL_PREFIX, min_size=1, max_size=4), min_size=1, max_size=6))
+def test_overlap_check_agrees_with_brute_force(owners: list[list[Network]]) -> None:
+    body = "".join(OWNER_TEMPLATE.format(id=index + 1, prefixes=", ".join(f'"{net}"' for net in nets))
+                   for index, nets in enumerate(owners))
+    text = ("version: 1\nname: overlaps\nbackbone: {download: 1Gbps, upload: 1Gbps}\n"
+            "classes:\n  - {id: 1, name: default, dscp: BE, priority: 1}\nopds:\n" + body)
+    placed = _placed_prefixes(text)
+    overlapping = {where for where, net in placed for other_where, other in placed
+                   if where != other_where and net.version == other.version and net.overlaps(other)}
+    by_path = {f"opds[{owner}].prefixes[{index}]": where
+               for owner, wheres in enumerate(_placed_by_owner(placed, len(owners)))
+               for index, where in enumerate(wheres)}
+    reported: set[tuple[int, int]] = set()
+    involved: set[tuple[int, int]] = set()
+    try:
+        load_policy_text(text, NAME)
+    except PolicyError as exc:
+        for issue in exc.issues:
+            assert "overlaps" in issue.message or "repeats" in issue.message, issue
+            partner = re.search(r"\((opds\[\d+\]\.prefixes\[\d+\])\)", issue.message)
+            assert partner, issue
+            reported.add((issue.line, issue.column))
+            involved |= {(issue.line, issue.column), by_path[partner.group(1)]}
+    assert reported <= overlapping
+    assert involved == overlapping  # every prefix that overlaps another is named in some error
+
+
+def _placed_by_owner(placed: list[tuple[tuple[int, int], Network]], owners: int) -> list[list[tuple[int, int]]]:
+    lines = sorted({where[0] for where, _ in placed})
+    assert len(lines) == owners
+    return [[where for where, _ in placed if where[0] == line] for line in lines]
+
+
+def _placed_prefixes(text: str) -> list[tuple[tuple[int, int], Network]]:
+    """((line, column), network) of every quoted prefix in the text."""
+    found = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.strip().startswith("prefixes:"):
+            found += [((number, match.start() + 1), ipaddress.ip_network(match.group(1)))
+                      for match in re.finditer(r'"([^"]+)"', line)]
+    return found
