@@ -8,13 +8,14 @@ import os
 import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from satupintu.policy.errors import PolicyError
 from satupintu.policy.load import LoadedPolicy, load_policy_bytes, load_policy_text
-from satupintu.policy.schedule import active_window, next_boundary
+from satupintu.policy.schedule import BASE_WINDOW, active_window, next_boundary
 
 REPO = Path(__file__).resolve().parents[1]
 MINIMAL = (REPO / "policies" / "minimal.yaml").read_text()
@@ -243,3 +244,52 @@ def _placed_prefixes(text: str) -> list[tuple[tuple[int, int], Network]]:
             found += [((number, match.start() + 1), ipaddress.ip_network(match.group(1)))
                       for match in re.finditer(r'"([^"]+)"', line)]
     return found
+
+
+# ---------------------------------------------------------------- schedule overlaps and windows against an oracle
+
+DAY_NAMES = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+WINDOW = st.tuples(
+    st.sets(st.integers(0, 6), min_size=1),
+    st.integers(0, 95).map(lambda quarter: quarter * 15),          # start 00:00 .. 23:45
+    st.integers(1, 96).map(lambda quarter: quarter * 15),          # end 00:15 .. 24:00
+).filter(lambda window: window[1] != window[2])
+
+
+def _covers(days: set[int], start: int, end: int, minute: int) -> bool:
+    """Independent statement of the rule: a window whose end is before its start runs past midnight."""
+    day, clock = divmod(minute, 1440)
+    if start < end:
+        return day in days and start <= clock < end
+    return (day in days and clock >= start) or ((day - 1) % 7 in days and clock < end)
+
+
+@FUZZ
+@given(st.lists(WINDOW, min_size=1, max_size=4), st.integers(0, 7 * 1440 - 1))
+def test_schedule_overlap_and_active_window_agree_with_an_independent_oracle(
+        windows: list[tuple[set[int], int, int]], probe: int) -> None:
+    schedules = "".join(
+        f"  - name: w{index}\n    days: [{', '.join(DAY_NAMES[day] for day in sorted(days))}]\n"
+        f"    start: \"{start // 60:02d}:{start % 60:02d}\"\n    end: \"{end // 60:02d}:{end % 60:02d}\"\n"
+        f"    opds: {{}}\n"
+        for index, (days, start, end) in enumerate(windows))
+    text = edit_minimal_schedules(schedules)
+    # every edge is on a quarter hour, so quarter hours are enough
+    owners = [[index for index, window in enumerate(windows) if _covers(*window, quarter * 15)]
+              for quarter in range(7 * 96)]
+    clash = any(len(owner) > 1 for owner in owners)
+    try:
+        policy = load_policy_text(text, NAME).policy
+    except PolicyError as exc:
+        assert clash, exc
+        assert all("overlaps" in issue.message for issue in exc.issues), exc
+        return
+    assert not clash
+    # 8 January 2024 is a Monday; the policy's zone is Asia/Jakarta
+    when = datetime(2024, 1, 8, tzinfo=ZoneInfo("Asia/Jakarta")) + timedelta(minutes=probe)
+    expected = f"w{owners[probe // 15][0]}" if owners[probe // 15] else BASE_WINDOW
+    assert active_window(policy, when) == expected
+
+
+def edit_minimal_schedules(schedules: str) -> str:
+    return MINIMAL[: MINIMAL.index("schedules:")] + "schedules:\n" + schedules
