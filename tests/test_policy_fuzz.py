@@ -251,8 +251,8 @@ def _placed_prefixes(text: str) -> list[tuple[tuple[int, int], Network]]:
 DAY_NAMES = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 WINDOW = st.tuples(
     st.sets(st.integers(0, 6), min_size=1),
-    st.integers(0, 95).map(lambda quarter: quarter * 15),          # start 00:00 .. 23:45
-    st.integers(1, 96).map(lambda quarter: quarter * 15),          # end 00:15 .. 24:00
+    st.one_of(st.just(0), st.integers(0, 95).map(lambda quarter: quarter * 15)),           # start 00:00 .. 23:45
+    st.one_of(st.sampled_from([0, 1440]), st.integers(0, 96).map(lambda quarter: quarter * 15)),  # end .. 24:00
 ).filter(lambda window: window[1] != window[2])
 
 
