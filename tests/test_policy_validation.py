@@ -319,6 +319,13 @@ def test_boolean_setting_accepts_only_true_or_false() -> None:
     assert "expected true or false (got 'maybe')" in issue.message
 
 
+def test_yes_no_where_text_is_expected_says_to_quote_it() -> None:
+    text = edit("    code: DISDIK", "    code: NO")
+    issue = only_error(text)
+    assert (issue.line, issue.column) == at(text, "code: NO")
+    assert "got the boolean false" in issue.message and "quote it" in issue.message
+
+
 def test_number_where_text_is_expected_says_to_quote_it() -> None:
     text = edit("name: Dinas Kesehatan", "name: 2024")
     issue = only_error(text)

@@ -194,6 +194,9 @@ def _explain(error: dict, kind: str) -> str:
         return f"{message} (got {_got(value)}){hint}"
     if kind in ("bool_parsing", "bool_type"):
         return f"expected true or false (got {_got(value)})"
+    if kind == "string_type" and isinstance(value, bool):
+        return (f"expected text (got the boolean {str(value).lower()}: YAML reads yes/no/on/off/true/false as "
+                "booleans; quote it to make it text)")
     if kind == "string_type" and isinstance(value, (int, float)):
         return f"expected text (got the number {_got(value)}; quote it to make it text)"
     if kind in ("int_parsing", "int_type", "int_from_float"):
