@@ -209,7 +209,7 @@ class ControllerProcess:
     def write_plan(self, plan: SwitchPlan) -> None:
         self.plan_path.write_text(plans_to_json({plan.dpid: plan}))
 
-    def start(self) -> None:
+    def start(self, *extra: str) -> None:
         self.status_path.unlink(missing_ok=True)
         self.starts += 1
         log = (self.workdir / f"controller{self.starts}.log").open("wb")
@@ -217,7 +217,7 @@ class ControllerProcess:
                                                                         os.environ.get("PYTHONPATH")])))
         self.process = subprocess.Popen(
             [sys.executable, "-m", "satupintu.drivers.openflow", "--plan", str(self.plan_path),
-             "--listen", f"127.0.0.1:{self.port}", "--status", str(self.status_path)],
+             "--listen", f"127.0.0.1:{self.port}", "--status", str(self.status_path), *extra],
             stdout=log, stderr=subprocess.STDOUT, env=env)
         log.close()
 
@@ -328,6 +328,17 @@ def test_reconcile_against_open_vswitch(tmp_path: Path) -> None:
         flows = set(_dump_flows(bridge))
         assert flows == _expected_flows(34) | {"cookie=0x1, table=3, priority=5 actions=output:1"}
         assert _meters(bridge) == EXPECTED_METERS
+
+        # 5. verify_on_change off: a plan change is diffed against the applied plan, no read.
+        controller.kill()
+        controller.start("--no-verify-on-change")
+        assert controller.wait_record("connect")["messages"] == 0
+        controller.write_plan(sample_plan(dpid, dscp=46))
+        controller.reload()
+        fifth = controller.wait_record("plan changed")
+        assert fifth["ok"] and not fifth["read_back"] and fifth["flows_read"] == 0
+        assert (fifth["messages"], fifth["flow_modify"]) == (1, 1), fifth
+        assert set(_dump_flows(bridge)) == _expected_flows(46) | {"cookie=0x1, table=3, priority=5 actions=output:1"}
     finally:
         controller.kill()
         subprocess.run(["ovs-vsctl", f"--timeout={TIMEOUT}", "--if-exists", "del-br", bridge], timeout=TIMEOUT,

@@ -64,6 +64,7 @@ class ReconcileRecord:
     read_s: float = 0.0  # reading flows and meters back
     diff_s: float = 0.0
     apply_s: float = 0.0  # sending the difference until the last barrier reply
+    read_back: bool = True  # False: diffed against the last applied plan (verify_on_change off)
     flows_read: int = 0
     meters_read: int = 0
     messages: int = 0  # flow-mods + meter-mods sent (stats requests and barriers not counted)
@@ -121,7 +122,10 @@ class _Switch:
 class OpenFlowDriver(app_manager.OSKenApp):
     """os-ken app; see the module docstring. Options (``driver_options`` dict):
     request_timeout (s, default 30), retry_s (s, default 5; retry after a failed
-    reconcile), stats_interval (s, default 0 = read counters only on request)."""
+    reconcile), stats_interval (s, default 0 = read counters only on request),
+    verify_on_change (default True: a plan change reads the switch back too; False:
+    diff against the plan the switch was last made to match, which skips the read,
+    ~1.5 s at 30,000 flows, but misses out-of-band edits until the next connect)."""
 
     OFP_VERSIONS = [ofproto_v1_3.OFP_VERSION]
 
@@ -131,6 +135,7 @@ class OpenFlowDriver(app_manager.OSKenApp):
         self.request_timeout = float(options.pop("request_timeout", 30.0))
         self.retry_s = float(options.pop("retry_s", 5.0))
         self.stats_interval = float(options.pop("stats_interval", 0.0))
+        self.verify_on_change = bool(options.pop("verify_on_change", True))
         if options:
             raise TypeError(f"unknown OpenFlow driver options: {', '.join(sorted(options))}")
         self._desired: dict[int, SwitchPlan] = {}
@@ -387,14 +392,19 @@ class OpenFlowDriver(app_manager.OSKenApp):
         record = ReconcileRecord(switch.dpid, reason)
         started = time.monotonic()
         parser = datapath.ofproto_parser
+        applied = switch.applied
         try:
-            flow_stats = self._request(switch, datapath, ofmsgs.flow_stats_request(datapath),
-                                       parser.OFPFlowStatsReply, self.request_timeout)
-            meter_configs = self._request(switch, datapath, ofmsgs.meter_config_request(datapath),
-                                          parser.OFPMeterConfigStatsReply, self.request_timeout)
-            actual_flows = [ofmsgs.flow_from_stats(stats) for stats in flow_stats]
-            actual_meters = [ofmsgs.meter_from_config(config) for config in meter_configs]
-            record.flows_read, record.meters_read = len(actual_flows), len(actual_meters)
+            if reason == "plan changed" and not self.verify_on_change and applied is not None:
+                record.read_back = False
+                actual_flows, actual_meters = list(applied.flows), list(applied.meters)
+            else:
+                flow_stats = self._request(switch, datapath, ofmsgs.flow_stats_request(datapath),
+                                           parser.OFPFlowStatsReply, self.request_timeout)
+                meter_configs = self._request(switch, datapath, ofmsgs.meter_config_request(datapath),
+                                              parser.OFPMeterConfigStatsReply, self.request_timeout)
+                actual_flows = [ofmsgs.flow_from_stats(stats) for stats in flow_stats]
+                actual_meters = [ofmsgs.meter_from_config(config) for config in meter_configs]
+                record.flows_read, record.meters_read = len(actual_flows), len(actual_meters)
             read_done = time.monotonic()
             record.read_s = read_done - started
             if plan is None:  # no plan: look, never touch
@@ -609,6 +619,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plan", required=True, help="JSON list of switch plans (plans_to_json); SIGHUP re-reads")
     parser.add_argument("--listen", default="127.0.0.1:6653", metavar="HOST:PORT")
     parser.add_argument("--status", required=True, help="JSON status written after every reconcile")
+    parser.add_argument("--no-verify-on-change", action="store_true",
+                        help="on a plan change, diff against the last applied plan instead of reading back")
     parser.add_argument("--tls-key")
     parser.add_argument("--tls-cert")
     parser.add_argument("--tls-ca")
@@ -623,7 +635,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGHUP, lambda *_: reload.set())
-    driver = run_controller({"retry_s": 2.0}, listen_host=host.strip("[]"), listen_port=int(port), tls=tls)
+    options = {"retry_s": 2.0, "verify_on_change": not args.no_verify_on_change}
+    driver = run_controller(options, listen_host=host.strip("[]"), listen_port=int(port), tls=tls)
 
     def publish(record: ReconcileRecord | None = None) -> None:
         with lock:
