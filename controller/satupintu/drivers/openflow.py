@@ -27,7 +27,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -100,10 +100,34 @@ class _Waiter:
         self.done: Any = hub.Queue()
 
 
+class _Connection:
+    """One connection of a switch: its worker's queue, the requests waiting for replies
+    and the xids of the reconcile in flight. A new connection gets a new object, so a
+    worker still finishing on the old one cannot disturb it."""
+
+    __slots__ = ("batch", "batch_errors", "closed", "datapath", "send_lock", "waiters", "wake")
+
+    def __init__(self, datapath: Any) -> None:
+        self.datapath = datapath
+        self.wake: Any = hub.Queue()
+        self.waiters: dict[int, _Waiter] = {}
+        self.batch: set[int] = set()
+        self.batch_errors = 0
+        self.closed = False
+        self.send_lock: Any = hub.Semaphore(1)
+
+    def close(self, why: str) -> None:
+        self.closed = True
+        self.wake.put(_STOP)
+        for waiter in list(self.waiters.values()):
+            waiter.done.put(why)
+        self.waiters.clear()
+
+
 @dataclass(slots=True)
 class _Switch:
     dpid: int
-    datapath: Any = None
+    conn: _Connection | None = None  # the current connection
     connected: bool = False
     connects: int = 0
     errors: int = 0
@@ -111,12 +135,7 @@ class _Switch:
     meters: int = 0
     reconciles: int = 0
     applied: SwitchPlan | None = None  # the plan the switch was last made to match
-    wake: Any = None  # hub.Queue of the current connection's worker
-    waiters: dict[int, _Waiter] = field(default_factory=dict)
-    batch: set[int] = field(default_factory=set)  # xids of the reconcile in flight
-    batch_errors: int = 0
     counters: SwitchCounters | None = None
-    send_lock: Any = field(default_factory=lambda: hub.Semaphore(1))
 
 
 class OpenFlowDriver(app_manager.OSKenApp):
@@ -159,8 +178,9 @@ class OpenFlowDriver(app_manager.OSKenApp):
         self._desired = dict(plans)
         for dpid, switch in list(self._switches.items()):
             plan = self._desired.get(dpid)
-            if switch.connected and plan is not None and plan != switch.applied and switch.wake is not None:
-                switch.wake.put("plan changed")
+            conn = switch.conn
+            if switch.connected and conn is not None and plan is not None and plan != switch.applied:
+                conn.wake.put("plan changed")
 
     def desired(self) -> dict[int, SwitchPlan]:
         return dict(self._desired)
@@ -200,15 +220,15 @@ class OpenFlowDriver(app_manager.OSKenApp):
         """Ask the switch now for the counters of our flows and of its meters (None when
         it is not connected). Listeners added with add_stats_listener see the result."""
         switch = self._switches.get(dpid)
-        if switch is None or not switch.connected:
+        conn = None if switch is None else switch.conn
+        if switch is None or conn is None or not switch.connected:
             return None
-        datapath = switch.datapath
+        datapath = conn.datapath
         wait = self.request_timeout if timeout is None else timeout
         parser = datapath.ofproto_parser
-        flows = self._request(switch, datapath, ofmsgs.flow_stats_request(datapath, COOKIE_TAG, COOKIE_TAG_MASK),
+        flows = self._request(conn, ofmsgs.flow_stats_request(datapath, COOKIE_TAG, COOKIE_TAG_MASK),
                               parser.OFPFlowStatsReply, wait)
-        meters = self._request(switch, datapath, ofmsgs.meter_stats_request(datapath), parser.OFPMeterStatsReply,
-                               wait)
+        meters = self._request(conn, ofmsgs.meter_stats_request(datapath), parser.OFPMeterStatsReply, wait)
         counters = SwitchCounters(dpid, time.time(), tuple(ofmsgs.flow_counter(stats) for stats in flows),
                                   tuple(ofmsgs.meter_counter(stats) for stats in meters))
         switch.counters = counters
@@ -245,39 +265,39 @@ class OpenFlowDriver(app_manager.OSKenApp):
         switch = self._switches.get(datapath.id)
         if switch is None:
             switch = self._switches[datapath.id] = _Switch(datapath.id)
-        elif switch.connected:
-            self._drop_connection(switch, "replaced by a new connection")
-        switch.datapath = datapath
+        elif switch.conn is not None:
+            switch.conn.close("replaced by a new connection")
+        conn = _Connection(datapath)
+        switch.conn = conn
         switch.connected = True
         switch.connects += 1
         switch.applied = None  # never trust memory across connections: read the switch back
-        switch.wake = hub.Queue()
-        switch.wake.put("connect")
+        conn.wake.put("connect")
         log.info("switch %016x connected from %s", datapath.id, datapath.address)
-        hub.spawn(self._worker, switch, datapath, switch.wake)
+        hub.spawn(self._worker, switch, conn)
 
     def _disconnected(self, datapath: Any) -> None:
         switch = self._switches.get(datapath.id)
-        if switch is None or switch.datapath is not datapath:
+        conn = None if switch is None else switch.conn
+        if switch is None or conn is None or conn.datapath is not datapath:
             return  # an old connection of a switch that has reconnected
         switch.connected = False
-        self._drop_connection(switch, "switch disconnected")
+        conn.close("switch disconnected")
         log.warning("switch %016x disconnected", datapath.id)
 
-    def _drop_connection(self, switch: _Switch, why: str) -> None:
-        if switch.wake is not None:
-            switch.wake.put(_STOP)
-            switch.wake = None
-        for waiter in list(switch.waiters.values()):
-            waiter.done.put(why)
-        switch.waiters.clear()
+    def _current(self, datapath: Any) -> tuple[_Switch, _Connection] | None:
+        switch = self._switches.get(datapath.id) if datapath.id is not None else None
+        conn = None if switch is None else switch.conn
+        if switch is None or conn is None or conn.datapath is not datapath:
+            return None
+        return switch, conn
 
     def _reply(self, ev: Any) -> None:
         msg = ev.msg
-        switch = self._switches.get(msg.datapath.id)
-        if switch is None or switch.datapath is not msg.datapath:
+        current = self._current(msg.datapath)
+        if current is None:
             return
-        waiter = switch.waiters.get(msg.xid)
+        waiter = current[1].waiters.get(msg.xid)
         if waiter is None or not isinstance(msg, waiter.kind):
             return
         body = getattr(msg, "body", None)
@@ -307,7 +327,6 @@ class OpenFlowDriver(app_manager.OSKenApp):
         msg = ev.msg
         datapath = msg.datapath
         proto = datapath.ofproto
-        switch = self._switches.get(datapath.id) if datapath.id is not None else None
         failed = "?"
         if len(msg.data) >= 2:
             try:
@@ -320,24 +339,28 @@ class OpenFlowDriver(app_manager.OSKenApp):
             what = f"type {msg.type} code {msg.code}"
         log.error("switch %s: OpenFlow error %s answering %s xid %d", f"{datapath.id:016x}" if datapath.id else
                   datapath.address, what, failed, msg.xid)
-        if switch is None or switch.datapath is not datapath:
+        current = self._current(datapath)
+        if current is None:
             return
+        switch, conn = current
         switch.errors += 1
-        if msg.xid in switch.batch:
-            switch.batch_errors += 1
-        waiter = switch.waiters.get(msg.xid)
+        if msg.xid in conn.batch:
+            conn.batch_errors += 1
+        waiter = conn.waiters.get(msg.xid)
         if waiter is not None:
             waiter.done.put(f"OpenFlow error {what}")
 
     # ------------------------------------------------------------------ requests
 
-    def _request(self, switch: _Switch, datapath: Any, request: Any, reply_kind: type, timeout: float) -> list[Any]:
+    def _request(self, conn: _Connection, request: Any, reply_kind: type, timeout: float) -> list[Any]:
         """Send one request and wait for its whole (multipart) reply."""
         waiter = _Waiter(reply_kind)
-        with switch.send_lock:
-            xid = datapath.set_xid(request)
-            switch.waiters[xid] = waiter
-            sent = datapath.send_msg(request)
+        with conn.send_lock:
+            if conn.closed:
+                raise OpenFlowRequestError("connection closed")
+            xid = conn.datapath.set_xid(request)
+            conn.waiters[xid] = waiter
+            sent = conn.datapath.send_msg(request)
         try:
             if not sent:
                 raise OpenFlowRequestError("connection closing")
@@ -346,22 +369,24 @@ class OpenFlowDriver(app_manager.OSKenApp):
             except hub.QueueEmpty:
                 raise OpenFlowRequestError(f"no reply to {type(request).__name__} within {timeout:g}s") from None
         finally:
-            switch.waiters.pop(xid, None)
+            conn.waiters.pop(xid, None)
         if outcome is not None:
             raise OpenFlowRequestError(str(outcome))
         return waiter.parts
 
-    def _send_batch(self, switch: _Switch, datapath: Any, messages: list[Any]) -> None:
-        with switch.send_lock:
+    @staticmethod
+    def _send_batch(conn: _Connection, messages: list[Any]) -> None:
+        with conn.send_lock:
             for message in messages:
-                switch.batch.add(datapath.set_xid(message))
-                if not datapath.send_msg(message):
+                conn.batch.add(conn.datapath.set_xid(message))
+                if conn.closed or not conn.datapath.send_msg(message):
                     raise OpenFlowRequestError("connection closing")
 
     # ------------------------------------------------------------------ reconcile
 
-    def _worker(self, switch: _Switch, datapath: Any, wake: Any) -> None:
+    def _worker(self, switch: _Switch, conn: _Connection) -> None:
         """One per connection: reconciles on request, coalescing requests that pile up."""
+        wake = conn.wake
         failed = False
         while True:
             try:
@@ -377,18 +402,21 @@ class OpenFlowDriver(app_manager.OSKenApp):
                     break
                 if extra is _STOP:
                     return
-            if switch.datapath is not datapath:
+            if conn.closed:
                 return
-            record = self._reconcile(switch, datapath, str(reason))
-            failed = not record.ok and bool(record.error) and switch.datapath is datapath
+            record = self._reconcile(switch, conn, str(reason))
+            if conn.closed:
+                return  # what it did is moot: the next connection reads the switch back
+            failed = not record.ok and bool(record.error)
             for listener in list(self._reconcile_listeners):
                 try:
                     listener(record)
                 except Exception:
                     log.exception("reconcile listener failed")
 
-    def _reconcile(self, switch: _Switch, datapath: Any, reason: str) -> ReconcileRecord:
+    def _reconcile(self, switch: _Switch, conn: _Connection, reason: str) -> ReconcileRecord:
         plan = self._desired.get(switch.dpid)
+        datapath = conn.datapath
         record = ReconcileRecord(switch.dpid, reason)
         started = time.monotonic()
         parser = datapath.ofproto_parser
@@ -398,9 +426,9 @@ class OpenFlowDriver(app_manager.OSKenApp):
                 record.read_back = False
                 actual_flows, actual_meters = list(applied.flows), list(applied.meters)
             else:
-                flow_stats = self._request(switch, datapath, ofmsgs.flow_stats_request(datapath),
-                                           parser.OFPFlowStatsReply, self.request_timeout)
-                meter_configs = self._request(switch, datapath, ofmsgs.meter_config_request(datapath),
+                flow_stats = self._request(conn, ofmsgs.flow_stats_request(datapath), parser.OFPFlowStatsReply,
+                                           self.request_timeout)
+                meter_configs = self._request(conn, ofmsgs.meter_config_request(datapath),
                                               parser.OFPMeterConfigStatsReply, self.request_timeout)
                 actual_flows = [ofmsgs.flow_from_stats(stats) for stats in flow_stats]
                 actual_meters = [ofmsgs.meter_from_config(config) for config in meter_configs]
@@ -415,21 +443,20 @@ class OpenFlowDriver(app_manager.OSKenApp):
             diff = diff_switch(plan, actual_flows, actual_meters)
             applied_at = time.monotonic()
             record.diff_s = applied_at - read_done
-            switch.batch = set()
-            switch.batch_errors = 0
+            conn.batch = set()
+            conn.batch_errors = 0
             for phase in self._phases(datapath, diff, record):
-                self._send_batch(switch, datapath, phase)
-                self._request(switch, datapath, ofmsgs.barrier(datapath), parser.OFPBarrierReply,
-                              self.request_timeout)
+                self._send_batch(conn, phase)
+                self._request(conn, ofmsgs.barrier(datapath), parser.OFPBarrierReply, self.request_timeout)
                 record.barriers += 1
             record.apply_s = time.monotonic() - applied_at
-            record.errors = switch.batch_errors
+            record.errors = conn.batch_errors
             record.ok = record.errors == 0
-            switch.flows = len(plan.flows)
+            switch.flows = len(plan.flows) - record.errors  # an error is (usually) one flow-mod refused
             kept = ({meter.meter_id for meter in actual_meters} - {meter.meter_id for meter in plan.meters}
                     - {meter.meter_id for meter in diff.meters_delete})
             switch.meters = len(plan.meters) + len(kept)
-            if record.ok:
+            if record.ok and not conn.closed:
                 switch.applied = plan
             else:
                 log.error("switch %016x: %d OpenFlow errors while reconciling; it does not match its plan",
@@ -438,7 +465,7 @@ class OpenFlowDriver(app_manager.OSKenApp):
             record.error = str(error)
             log.warning("switch %016x: reconcile (%s) did not finish: %s", switch.dpid, reason, error)
         finally:
-            switch.batch = set()
+            conn.batch = set()
         return self._finish(switch, record, started)
 
     def _finish(self, switch: _Switch, record: ReconcileRecord, started: float) -> ReconcileRecord:
