@@ -339,6 +339,18 @@ def test_reconcile_against_open_vswitch(tmp_path: Path) -> None:
         assert fifth["ok"] and not fifth["read_back"] and fifth["flows_read"] == 0
         assert (fifth["messages"], fifth["flow_modify"]) == (1, 1), fifth
         assert set(_dump_flows(bridge)) == _expected_flows(46) | {"cookie=0x1, table=3, priority=5 actions=output:1"}
+
+        # 6. A flow the switch refuses (goto backwards) is counted and logged, the rest applies.
+        good = sample_plan(dpid, dscp=46)
+        refused = FlowSpec(2, 50, (("in_port", 2),), (("goto", 1),), FORWARD)
+        controller.write_plan(SwitchPlan(good.name, dpid, (*good.flows, refused), good.meters))
+        controller.reload()
+        sixth = controller.wait_record("plan changed", count=2)
+        assert not sixth["ok"] and sixth["errors"] == 1 and sixth["flow_add"] == 1, sixth
+        switch = controller.status()["switches"]["s1"]
+        assert switch["errors"] == 1 and not switch["in_sync"]
+        assert "OFPBIC_BAD_TABLE_ID" in controller.log_tail()
+        assert set(_dump_flows(bridge)) == _expected_flows(46) | {"cookie=0x1, table=3, priority=5 actions=output:1"}
     finally:
         controller.kill()
         subprocess.run(["ovs-vsctl", f"--timeout={TIMEOUT}", "--if-exists", "del-br", bridge], timeout=TIMEOUT,
