@@ -68,6 +68,9 @@ def missing_for_emulation() -> list[str]:
         missing.append(f"Mininet is not importable ({error.__class__.__name__}: {error})")
     if shutil.which("mnexec") is None:
         missing.append("mnexec not on PATH (Debian package mininet)")
+    elif not _run_ok(["mnexec", "-n", "true"]):
+        # Mininet hangs (rather than failing) when its hosts' shells cannot start.
+        missing.append("`mnexec -n true` failed: Mininet cannot create host namespaces here")
     if shutil.which("iperf3") is None:
         missing.append("iperf3 not on PATH")
     return missing

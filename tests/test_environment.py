@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 
 import pytest
@@ -84,6 +85,12 @@ def test_mininet_imports_and_forwards_over_a_userspace_switch() -> None:
     switch_name = f"sptm{tag}"
     assert switch_name not in _vsctl("list-br").split()
     net = Mininet(topo=None, controller=None, build=False, autoSetMacs=True)
+
+    def hung(_signum: int, _frame: object) -> None:
+        raise TimeoutError("Mininet did not start two hosts and a switch within 60 s")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(60)  # Mininet waits forever for a host shell that died
     try:
         a = net.addHost(f"spt{tag}a", ip="10.0.0.1/24")
         b = net.addHost(f"spt{tag}b", ip="10.0.0.2/24")
@@ -97,6 +104,8 @@ def test_mininet_imports_and_forwards_over_a_userspace_switch() -> None:
         assert _vsctl("get", "bridge", switch_name, "datapath_type") == "netdev"
         assert net.ping([a, b], timeout="2") == 0.0
     finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
         net.stop()
     assert switch_name not in _vsctl("list-br").split()
 
