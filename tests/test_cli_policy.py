@@ -19,7 +19,9 @@ def test_check_valid_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
     assert "ok (3 OPDs" in capsys.readouterr().out
 
 
-def test_check_invalid_exits_2_with_located_errors_on_stderr(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_check_invalid_exits_2_with_located_errors_on_stderr(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text(MINIMAL.read_text().replace("ceiling: 80Mbps}", "ceiling: 10Mbps}", 1))
     assert main(["policy", "check", str(MINIMAL), str(bad)]) == 2

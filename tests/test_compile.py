@@ -38,7 +38,7 @@ def _compile(text: str = MINIMAL, scale: float = 1.0, window: str = "base"):
 
 
 def test_htb_tree_has_root_unclassified_opd_classes_leaves_and_wifi() -> None:
-    policy, state = _compile()
+    _, state = _compile()
     upload = next(plan for plan in state.queues if plan.direction is Direction.UPLOAD)
     download = next(plan for plan in state.queues if plan.direction is Direction.DOWNLOAD)
     assert upload.port == "gw-eth2" and download.port == "gw-eth1"
@@ -73,7 +73,7 @@ def test_quantum_proportional_to_guarantee_so_excess_is_shared_by_guarantee() ->
 
 
 def test_u32_rules_classify_every_prefix_by_dscp_with_catch_all_last() -> None:
-    policy, state = _compile()
+    _, state = _compile()
     rules = [rule for rule in state.queues[0].rules if rule.owner_id == 1]
     assert {rule.prefix for rule in rules} == {"10.1.1.0/24"}
     assert all(rule.bucket == 1 for rule in rules)  # third octet of 10.1.1.0
@@ -109,7 +109,7 @@ def test_schedule_window_changes_only_the_overridden_opd() -> None:
 
 
 def test_openflow_pipeline_antispoofing_marking_forwarding() -> None:
-    policy, state = _compile()
+    _, state = _compile()
     core = next(plan for plan in state.switches if plan.name == "core")
     flows = list(core.flows)
     port = 1001  # OPD 1 attaches on port 1000 + id

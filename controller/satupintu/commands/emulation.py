@@ -49,7 +49,8 @@ def _require_root() -> int | None:
 def _session(args: argparse.Namespace):
     from satupintu.emulation.session import EmulationSession
 
-    return EmulationSession(args.policy or str(DEFAULT_POLICY), args.topology or str(DEFAULT_TOPOLOGY), scale=args.scale, openflow_port=args.openflow_port,
+    return EmulationSession(args.policy or str(DEFAULT_POLICY), args.topology or str(DEFAULT_TOPOLOGY),
+                            scale=args.scale, openflow_port=args.openflow_port,
                             metrics_listen=args.metrics_listen, workdir=args.workdir)
 
 

@@ -3,11 +3,10 @@ so `policy diff` prints exactly what a reload applies."""
 
 from __future__ import annotations
 
-from satupintu.reconcile.flows import diff_switch
-
 from satupintu.compile.plan import DesiredState
 from satupintu.compile.state import compile_state
 from satupintu.policy.model import Policy
+from satupintu.reconcile.flows import diff_switch
 from satupintu.reconcile.queues import diff_queue_plans
 from satupintu.topology import Topology
 
