@@ -13,10 +13,19 @@ DB=$(readlink -m /etc/openvswitch/conf.db)
 
 die() { echo "start-ovs: $*" >&2; exit 1; }
 
+# The userspace datapath sends on every system port through ONE AF_PACKET socket, created
+# when ovs-vswitchd starts with net.core.wmem_default as its send buffer. Packets queued in
+# the gateway's HTB classes stay charged to it, so with the default 212 kB the backlog of busy
+# OPDs fills it and packets of idle OPDs are dropped before HTB sees them ("error sending
+# Ethernet packet ... Resource temporarily unavailable"; measured: OPDs starved to 0 bit/s).
+SEND_BUFFER_BYTES=16777216
+MARKER=$RUN_DIR/satupintu-send-buffer.pid
+
 ovsdb_ok() { ovs-vsctl --timeout=5 show >/dev/null 2>&1; }
 vswitchd_ok() { ovs-appctl --timeout=5 -t ovs-vswitchd version >/dev/null 2>&1; }
+buffer_ok() { [[ -f $MARKER && -f $RUN_DIR/ovs-vswitchd.pid && $(cat "$MARKER") == $(cat "$RUN_DIR/ovs-vswitchd.pid") ]]; }
 
-if ovsdb_ok && vswitchd_ok; then
+if ovsdb_ok && vswitchd_ok && buffer_ok; then
     exit 0
 fi
 
@@ -39,9 +48,18 @@ if ! ovsdb_ok; then
     ovs-vsctl --no-wait init
 fi
 
+if (( $(sysctl -n net.core.wmem_default) < SEND_BUFFER_BYTES )); then
+    sysctl -qw net.core.wmem_default=$SEND_BUFFER_BYTES
+fi
+if vswitchd_ok && ! buffer_ok; then
+    # Started without the larger send buffer: restart it once (bridges stay in the database).
+    ovs-appctl -t ovs-vswitchd exit
+    for _ in $(seq 50); do vswitchd_ok || break; sleep 0.1; done
+fi
 if ! vswitchd_ok; then
     ovs-vswitchd unix:"$RUN_DIR"/db.sock --pidfile --detach --log-file \
         || vswitchd_ok || die "ovs-vswitchd did not start (see $LOG_DIR/ovs-vswitchd.log)"
+    cp "$RUN_DIR/ovs-vswitchd.pid" "$MARKER"
 fi
 
 for _ in $(seq 75); do

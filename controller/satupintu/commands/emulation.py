@@ -69,7 +69,8 @@ def cmd_emulate(args: argparse.Namespace) -> int:
             temporary.write_text(json.dumps(info, indent=1, sort_keys=True))
             os.replace(temporary, args.ready_file)
         print(f"emulation ready: {len(info['hosts'])} hosts, metrics at {info['metrics_url']}", file=sys.stderr)
-        stop.wait()
+        while not stop.wait(0.5):  # a bare wait() is not woken by the signal handler here
+            pass
     finally:
         session.stop()
         if args.ready_file:

@@ -32,7 +32,7 @@ QUANTUM_SCALE_BYTES = 400_000  # quantum = guarantee/capacity * this: excess sha
 MIN_QUANTUM_BYTES = 1000
 MAX_NODES_PER_LIST = 510  # u32 node ids are 12 bits; 8 per prefix
 LEAF_QUEUE_SECONDS = 0.1
-MIN_LEAF_LIMIT_BYTES = 30_000
+MIN_LEAF_LIMIT_BYTES = 10 * MTU_FRAME_BYTES
 
 
 class CompileError(ValueError):
@@ -49,6 +49,15 @@ def _burst(rate_bps: int) -> int:
 
 def _quantum(guaranteed_bps: int, capacity_bps: int) -> int:
     return max(MIN_QUANTUM_BYTES, round(guaranteed_bps / capacity_bps * QUANTUM_SCALE_BYTES))
+
+
+def _leaf_limits(classes: list[HtbClass]) -> dict[int, int]:
+    """Queues of 100 ms at the owner's guarantee: deep enough for TCP, short enough that RTT
+    does not balloon while the OPD is held to its guarantee."""
+    owner_rate = {c.minor: c.rate_bps for c in classes if not c.is_leaf and c.minor != ROOT_MINOR}
+    return {c.minor: max(MIN_LEAF_LIMIT_BYTES, round(owner_rate.get(c.parent_minor, c.rate_bps) / 8
+                                                     * LEAF_QUEUE_SECONDS))
+            for c in classes if c.is_leaf}
 
 
 def _htb(minor: int, parent: int | None, rate: int, ceil: int, quantum: int, prio: int, owner: int,
@@ -68,8 +77,7 @@ def build_queue_plans(policy: Policy, allocations: Allocations, topology: Topolo
             default_minor=UNCLASSIFIED_MINOR,
             classes=tuple(classes),
             rules=tuple(_rules(policy)),
-            leaf_limit_bytes={c.minor: max(MIN_LEAF_LIMIT_BYTES, round(c.ceil_bps / 8 * LEAF_QUEUE_SECONDS))
-                              for c in classes if c.is_leaf},
+            leaf_limit_bytes=_leaf_limits(classes),
         ))
     return plans
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -19,36 +18,18 @@ from satupintu.topology import Topology, load_topology
 
 log = logging.getLogger("satupintu.emulation")
 
-OVS_RUN_DIR = Path("/var/run/openvswitch")
-
-
-def ovs_running() -> bool:
-    result = subprocess.run(["ovs-vsctl", "--timeout=5", "show"], capture_output=True)
-    return result.returncode == 0
+START_OVS = Path(__file__).resolve().parents[3] / "scripts" / "start-ovs.sh"
 
 
 def ensure_ovs() -> None:
-    """Start ovsdb-server and ovs-vswitchd if they are not answering (no systemd here)."""
-    if ovs_running():
-        return
-    if shutil.which("ovsdb-server") is None:
-        raise RuntimeError("Open vSwitch is not installed: run scripts/setup.sh (sudo make setup)")
-    OVS_RUN_DIR.mkdir(parents=True, exist_ok=True)
-    database = Path("/etc/openvswitch/conf.db")
-    if not database.exists():
-        database.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["ovsdb-tool", "create", str(database), "/usr/share/openvswitch/vswitch.ovsschema"],
-                       check=True)
-    subprocess.run(["ovsdb-server", "--remote=punix:/var/run/openvswitch/db.sock",
-                    "--remote=db:Open_vSwitch,Open_vSwitch,manager_options", "--pidfile", "--detach",
-                    "--log-file"], check=True)
-    subprocess.run(["ovs-vsctl", "--no-wait", "init"], check=True)
-    subprocess.run(["ovs-vswitchd", "--pidfile", "--detach", "--log-file"], check=True)
-    deadline = time.monotonic() + 15
-    while not ovs_running():
-        if time.monotonic() > deadline:
-            raise RuntimeError("Open vSwitch did not come up within 15 s")
-        time.sleep(0.2)
+    """Start Open vSwitch (or restart ovs-vswitchd once with a large enough socket send buffer).
+
+    One implementation for set-up and emulation: scripts/start-ovs.sh explains why."""
+    if not START_OVS.exists():
+        raise RuntimeError(f"{START_OVS} not found: run the emulation from a checkout of Satu Pintu")
+    result = subprocess.run(["bash", str(START_OVS)], capture_output=True, text=True, timeout=120)
+    if result.returncode != 0:
+        raise RuntimeError(f"starting Open vSwitch failed: {result.stderr.strip()}")
 
 
 class ControllerProcess:

@@ -10,6 +10,9 @@ import time
 from dataclasses import dataclass
 
 IPERF_BASE_PORT = 5200
+# Traffic stands for OPD clients (Windows and Linux default to CUBIC), not for this machine's
+# BBR default, which starves competing flows behind shallow HTB queues (measured: some OPDs at 0).
+TCP_CONGESTION_CONTROL = "cubic"
 
 
 def in_host(pid: int, argv: list[str]) -> list[str]:
@@ -78,7 +81,7 @@ class IperfServers:
 def start_client(client: Host, server: Host, port: int, seconds: float, *, download: bool = False,
                  udp_bps: int | None = None, dscp: int | None = None, omit_s: int = 2) -> subprocess.Popen:
     argv = ["iperf3", "-c", server.ip, "-p", str(port), "-t", str(seconds), "-J", "-B", client.ip,
-            "--connect-timeout", "3000"]
+            "--connect-timeout", "3000", "-C", TCP_CONGESTION_CONTROL]
     if omit_s:
         argv += ["-O", str(omit_s)]
     if download:

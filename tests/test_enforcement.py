@@ -1,0 +1,277 @@
+"""Issue 3 acceptance: the 50-OPD backbone (jateng-50 on star-50, scale 1/100) under the real
+controller, measured with iperf3 (TCP, >= 10 s) and a UDP echo probe inside the hosts."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from satupintu.emulation.traffic import Host, IperfServers, collect, in_host, percentile, run_flows, start_client
+from satupintu.policy.load import load_policy
+
+pytestmark = pytest.mark.emulation
+
+REPO = Path(__file__).resolve().parents[1]
+POLICY = REPO / "policies" / "jateng-50.yaml"
+TOPOLOGY = REPO / "topologies" / "star-50.yaml"
+OPENFLOW_PORT = 6753
+METRICS = "127.0.0.1:9833"
+SECONDS = 10
+ECHO_PORT = 3478  # a realtime port in jateng-50
+
+
+@pytest.fixture(scope="module")
+def emulation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    workdir = tmp_path_factory.mktemp("emulation")
+    policy = workdir / "policy.yaml"
+    policy.write_text(POLICY.read_text())
+    ready_file = workdir / "ready.json"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "satupintu.cli", "emulate", "--policy", str(policy), "--topology", str(TOPOLOGY),
+         "--openflow-port", str(OPENFLOW_PORT), "--metrics-listen", METRICS, "--ready-file", str(ready_file),
+         "--workdir", str(workdir / "controller")],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 180
+    while not ready_file.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"emulation did not become ready:\n{process.communicate()[0][-4000:]}")
+        time.sleep(0.2)
+    ready = json.loads(ready_file.read_text())
+    ready["policy_copy"] = str(policy)
+    ready["workdir"] = str(workdir)
+    extra: list[subprocess.Popen] = []
+    ready["extra_processes"] = extra
+    try:
+        yield ready
+    finally:
+        for child in extra:
+            if child.poll() is None:
+                child.terminate()
+                child.wait(timeout=15)
+        process.send_signal(signal.SIGTERM)
+        output = process.communicate(timeout=120)[0]
+        assert process.returncode == 0, output[-3000:]
+        bridges = subprocess.run(["ovs-vsctl", "list-br"], capture_output=True, text=True).stdout.split()
+        assert "gw" not in bridges and "core" not in bridges, "emulation left its bridges behind"
+
+
+@pytest.fixture(scope="module")
+def policy():
+    return load_policy(POLICY).policy
+
+
+def _host(ready: dict, name: str) -> Host:
+    return Host.from_ready(ready, name)
+
+
+def _echo_server(ready: dict, seconds: float) -> subprocess.Popen:
+    inet = _host(ready, "inet")
+    return subprocess.Popen(in_host(inet.pid, [sys.executable, "-m", "satupintu.emulation.udpprobe", "server",
+                                               "--bind", inet.ip, "--port", str(ECHO_PORT),
+                                               "--duration", str(seconds)]))
+
+
+def _probe(ready: dict, name: str, count: int, interval_s: float) -> subprocess.Popen:
+    client, inet = _host(ready, name), _host(ready, "inet")
+    return subprocess.Popen(in_host(client.pid, [
+        sys.executable, "-m", "satupintu.emulation.udpprobe", "client", "--bind", client.ip, "--target", inet.ip,
+        "--port", str(ECHO_PORT), "--count", str(count), "--interval", str(interval_s)]),
+        stdout=subprocess.PIPE, text=True)
+
+
+def _probe_result(process: subprocess.Popen, timeout_s: float) -> dict:
+    out, _ = process.communicate(timeout=timeout_s)
+    return json.loads(out)
+
+
+def test_an_opd_alone_reaches_its_ceiling_in_both_directions(emulation: dict, policy) -> None:
+    opd = next(item for item in policy.opds if item.code == "SETWAN")
+    host, inet = _host(emulation, f"opd{opd.id}"), _host(emulation, "inet")
+    for download in (True, False):
+        result = run_flows(inet, [(host, download)], SECONDS)[0]
+        ceiling = (opd.download if download else opd.upload).ceiling * emulation["scale"]
+        ratio = result.goodput_bps / ceiling
+        assert not result.error, result.error
+        assert 0.93 <= ratio <= 1.01, f"{'download' if download else 'upload'}: {ratio:.3f} of the ceiling"
+
+
+def test_all_opds_saturating_each_get_their_guarantee_and_wifi_only_its_floor(emulation: dict, policy) -> None:
+    scale = emulation["scale"]
+    inet = _host(emulation, "inet")
+    pool = policy.public_wifi[0]
+    clients = [(_host(emulation, f"opd{opd.id}"), True) for opd in policy.opds]
+    clients.append((_host(emulation, f"wifi{pool.id}"), True))
+    results = run_flows(inet, clients, SECONDS)
+    short = []
+    for opd, result in zip(policy.opds, results, strict=False):
+        guaranteed = opd.download.guaranteed * scale
+        if result.error or result.goodput_bps < 0.95 * guaranteed:
+            short.append(f"{opd.code}: {result.goodput_bps / 1e6:.2f} of {guaranteed / 1e6:.2f} Mbit/s {result.error}")
+    assert not short, "below 95% of the guarantee:\n" + "\n".join(short)
+    total = sum(result.goodput_bps for result in results)
+    assert total >= 0.93 * policy.backbone.download * scale, f"backbone used {total / 1e6:.1f} Mbit/s"
+    wifi = results[-1].goodput_bps
+    assert wifi <= 1.05 * pool.floor.download * scale, f"Wi-Fi took {wifi / 1e6:.2f} Mbit/s under saturation"
+
+
+def test_public_wifi_soaks_up_an_idle_backbone(emulation: dict, policy) -> None:
+    pool = policy.public_wifi[0]
+    result = run_flows(_host(emulation, "inet"), [(_host(emulation, f"wifi{pool.id}"), True)], SECONDS)[0]
+    assert result.goodput_bps >= 0.90 * policy.backbone.download * emulation["scale"], result
+
+
+def test_five_active_opds_use_what_they_may_in_proportion_to_guarantees(emulation: dict, policy) -> None:
+    scale = emulation["scale"]
+    by_guarantee: dict[int, list] = {}
+    for opd in policy.opds:
+        by_guarantee.setdefault(opd.download.guaranteed, []).append(opd)
+    tiers = sorted(by_guarantee, reverse=True)
+    chosen = [by_guarantee[tiers[0]][0], by_guarantee[tiers[0]][1], by_guarantee[tiers[1]][0],
+              by_guarantee[tiers[2]][0], by_guarantee[tiers[-1]][0]]
+    results = run_flows(_host(emulation, "inet"), [(_host(emulation, f"opd{o.id}"), True) for o in chosen], SECONDS)
+    may_use = min(policy.backbone.download, sum(o.download.ceiling for o in chosen)) * scale
+    total = sum(result.goodput_bps for result in results)
+    assert total >= 0.93 * may_use, f"{total / 1e6:.1f} of {may_use / 1e6:.1f} Mbit/s"
+    per_guarantee = [result.goodput_bps / opd.download.guaranteed for opd, result in zip(chosen, results, strict=True)]
+    mean = sum(per_guarantee) / len(per_guarantee)
+    assert all(abs(value / mean - 1) <= 0.10 for value in per_guarantee), per_guarantee
+
+
+def test_realtime_rtt_stays_low_while_bulk_of_the_same_opd_queues(emulation: dict, policy) -> None:
+    opd = next(item for item in policy.opds if item.code == "DINKES")
+    echo = _echo_server(emulation, 60)
+    try:
+        time.sleep(0.3)
+        idle = _probe_result(_probe(emulation, f"opd{opd.id}", 200, 0.02), 30)
+        inet, host = _host(emulation, "inet"), _host(emulation, f"opd{opd.id}")
+        with IperfServers(inet) as servers:
+            ports = servers.start(2)
+            loads = [start_client(host, inet, ports[0], SECONDS + 2, download=True, dscp=46),
+                     start_client(host, inet, ports[1], SECONDS + 2, download=False, dscp=46)]
+            time.sleep(3)
+            busy = _probe_result(_probe(emulation, f"opd{opd.id}", 300, 0.02), 40)
+            bulk = [collect(process, host, index == 0, SECONDS + 40) for index, process in enumerate(loads)]
+    finally:
+        echo.terminate()
+        echo.wait(timeout=10)
+    assert idle["received"] >= 195 and busy["received"] >= 295, (idle["lost"], busy["lost"])
+    # The bulk flows marked themselves EF: the trust boundary re-marked them, and they did fill the OPD.
+    ceiling = opd.download.ceiling * emulation["scale"]
+    assert bulk[0].goodput_bps >= 0.85 * ceiling, bulk[0]
+    idle_p99, busy_p99 = percentile(idle["rtts_ms"], 0.99), percentile(busy["rtts_ms"], 0.99)
+    assert busy_p99 <= idle_p99 + 5.0, f"realtime p99 {busy_p99:.2f} ms under load vs {idle_p99:.2f} ms idle"
+
+
+def _set_ceiling(policy_file: Path, code: str, old: str, new: str) -> None:
+    text = policy_file.read_text()
+    marker = f"code: {code}\n"
+    start = text.index(marker)
+    end = text.index("upload:", start)
+    section = text[start:end]
+    assert f"ceiling: {old}" in section
+    policy_file.write_text(text[:start] + section.replace(f"ceiling: {old}", f"ceiling: {new}") + text[end:])
+
+
+def _status(emulation: dict) -> dict:
+    return json.loads(Path(emulation["controller_status_file"]).read_text())
+
+
+def test_ceiling_change_holds_within_a_second_and_no_other_opd_loses_a_packet(emulation: dict, policy) -> None:
+    scale = emulation["scale"]
+    target = next(item for item in policy.opds if item.code == "SETWAN")  # 1Gbps ceiling -> 500Mbps
+    others = [opd for opd in policy.opds if opd.id != target.id][:5]
+    policy_file = Path(emulation["policy_copy"])
+    generation = _status(emulation)["generation"]
+    echo = _echo_server(emulation, 60)
+    inet, host = _host(emulation, "inet"), _host(emulation, f"opd{target.id}")
+    try:
+        time.sleep(0.3)
+        probes = [_probe(emulation, f"opd{opd.id}", 700, 0.02) for opd in others]
+        with IperfServers(inet) as servers:
+            port = servers.start(1)[0]
+            flow = start_client(host, inet, port, 14, download=True, omit_s=0)
+            time.sleep(5)
+            changed_at = time.monotonic()
+            _set_ceiling(policy_file, target.code, "1Gbps", "500Mbps")
+            while _status(emulation)["generation"] == generation:
+                assert time.monotonic() - changed_at < 5, "the policy change was not applied"
+                time.sleep(0.05)
+            applied_s = time.monotonic() - changed_at
+            out, _ = flow.communicate(timeout=60)
+        results = [_probe_result(probe, 60) for probe in probes]
+    finally:
+        echo.terminate()
+        echo.wait(timeout=10)
+        if "500Mbps" in policy_file.read_text().split(f"code: {target.code}")[1].split("upload:")[0]:
+            _set_ceiling(policy_file, target.code, "500Mbps", "1Gbps")
+    assert applied_s < 1.0, f"reload applied {applied_s:.2f} s after the file changed"
+    intervals = [interval["sum"]["bits_per_second"] for interval in json.loads(out)["intervals"]]
+    new_ceiling = 500e6 * scale
+    # Intervals are 1 s long and the change happened 5 s in: from the 7th second on the new rate holds.
+    after = intervals[6:13]
+    assert all(0.90 * new_ceiling <= value <= 1.03 * new_ceiling for value in after), after
+    assert intervals[2] >= 0.93 * target.download.ceiling * scale, intervals[:5]
+    assert all(result["lost"] == 0 and result["sent"] == 700 for result in results), \
+        [(r["sent"], r["lost"]) for r in results]
+
+
+def _flow_count(bridge: str) -> int:
+    out = subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "dump-flows", bridge], capture_output=True, text=True,
+                         check=True).stdout
+    return sum(1 for line in out.splitlines() if "cookie=" in line)
+
+
+def _class_ids(port: str) -> list[str]:
+    out = subprocess.run(["tc", "class", "show", "dev", port], capture_output=True, text=True, check=True).stdout
+    return sorted(line.split()[2] for line in out.splitlines() if line.startswith("class htb"))
+
+
+def test_killing_and_restarting_the_controller_removes_nothing_and_traffic_flows(emulation: dict) -> None:
+    before = {bridge: _flow_count(bridge) for bridge in ("gw", "core")}
+    classes = {port: _class_ids(port) for port in ("gw-eth1", "gw-eth2")}
+    pid = int(Path(emulation["controller_pid_file"]).read_text())
+    echo = _echo_server(emulation, 60)
+    try:
+        time.sleep(0.3)
+        probes = [_probe(emulation, name, 500, 0.02) for name in ("opd1", "opd20", "opd40")]
+        time.sleep(1)
+        os.kill(pid, signal.SIGKILL)
+        time.sleep(2)
+        assert {bridge: _flow_count(bridge) for bridge in ("gw", "core")} == before
+        assert {port: _class_ids(port) for port in classes} == classes
+        status_file = Path(emulation["workdir"]) / "restart-status.json"
+        restarted = subprocess.Popen(
+            [sys.executable, "-m", "satupintu.cli", "run", "--policy", emulation["policy_copy"],
+             "--topology", emulation["topology"], "--scale", str(emulation["scale"]),
+             "--openflow-listen", f"127.0.0.1:{emulation['openflow_port']}", "--metrics-listen", "off",
+             "--pid-file", str(Path(emulation["workdir"]) / "restart.pid"), "--status-file", str(status_file)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        emulation["extra_processes"].append(restarted)
+        deadline = time.monotonic() + 30
+        while True:
+            status = json.loads(status_file.read_text()) if status_file.exists() else {}
+            switches = status.get("switches") or {}
+            if switches and all(entry.get("connected") and entry.get("in_sync") for entry in switches.values()):
+                break
+            assert time.monotonic() < deadline, status
+            time.sleep(0.2)
+        results = [_probe_result(probe, 60) for probe in probes]
+    finally:
+        echo.terminate()
+        echo.wait(timeout=10)
+    assert {bridge: _flow_count(bridge) for bridge in ("gw", "core")} == before
+    assert {port: _class_ids(port) for port in classes} == classes
+    for entry in status["switches"].values():
+        assert entry["last_reconcile"]["messages"] == 0, entry  # the restart changed nothing
+    for name, queue in status["queues"].items():
+        assert queue.get("requests") == 0, (name, queue)
+    assert all(result["lost"] <= 0.001 * result["sent"] for result in results), results
