@@ -10,12 +10,16 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
+from satupintu.compile.plan import owner_minor
 from satupintu.emulation.traffic import Host, IperfServers, collect, in_host, percentile, run_flows, start_client
 from satupintu.policy.load import load_policy
+from satupintu.policy.model import DAYS
 
 pytestmark = pytest.mark.emulation
 
@@ -243,6 +247,52 @@ def test_ceiling_change_holds_within_a_second_and_no_other_opd_loses_a_packet(em
     assert intervals[2] >= 0.93 * target.download.ceiling * scale, intervals[:5]
     assert all(result["lost"] == 0 and result["sent"] == 700 for result in results), \
         [(r["sent"], r["lost"]) for r in results]
+
+
+def _tc_ceil(port: str, minor: int) -> str:
+    out = subprocess.run(["tc", "class", "show", "dev", port, "classid", f"1:{minor:x}"], capture_output=True,
+                         text=True, check=True).stdout
+    return out.split(" ceil ")[1].split()[0]
+
+
+def test_schedule_window_switches_at_its_boundaries_without_loss_elsewhere(emulation: dict, policy) -> None:
+    target = next(item for item in policy.opds if item.code == "SETWAN")
+    others = [opd for opd in policy.opds if opd.id != target.id][10:15]
+    zone = ZoneInfo(policy.timezone)
+    now = datetime.now(zone)
+    start = (now + timedelta(minutes=1 if now.second < 40 else 2)).replace(second=0, microsecond=0)
+    end = start + timedelta(minutes=1)
+    original = POLICY.read_text()
+    window = (f"\nschedules:\n  - name: test-window\n    days: [{DAYS[start.weekday()]}]\n"
+              f"    start: \"{start:%H:%M}\"\n    end: \"{end:%H:%M}\"\n"
+              f"    opds:\n      {target.code}: {{download: {{ceiling: 500Mbps}}}}\n")
+    policy_file = Path(emulation["policy_copy"])
+    generation = _status(emulation)["generation"]
+    policy_file.write_text(original[:original.index("\nschedules:")] + window)
+    minor = owner_minor(target.id)
+    seen: list[tuple[str, float]] = []  # (ceil, wall-clock time it was first seen)
+    echo = _echo_server(emulation, (end - datetime.now(zone)).total_seconds() + 30)
+    try:
+        while _status(emulation)["generation"] == generation:
+            time.sleep(0.05)
+        assert _status(emulation)["last_reload"]["ok"], _status(emulation)
+        seconds = (end - datetime.now(zone)).total_seconds() + 3
+        probes = [_probe(emulation, f"opd{opd.id}", int(seconds / 0.02), 0.02) for opd in others]
+        deadline = time.monotonic() + seconds + 2
+        while time.monotonic() < deadline:
+            ceil = _tc_ceil("gw-eth1", minor)
+            if not seen or seen[-1][0] != ceil:
+                seen.append((ceil, datetime.now(zone).timestamp()))
+            time.sleep(0.1)
+        results = [_probe_result(probe, 60) for probe in probes]
+    finally:
+        echo.terminate()
+        echo.wait(timeout=10)
+        policy_file.write_text(original)
+    assert [ceil for ceil, _ in seen] == ["10Mbit", "5Mbit", "10Mbit"], seen
+    times = [at for _, at in seen]
+    assert abs(times[1] - start.timestamp()) < 1.5 and abs(times[2] - end.timestamp()) < 1.5, (seen, start, end)
+    assert all(result["lost"] == 0 for result in results), [(r["sent"], r["lost"]) for r in results]
 
 
 def _flow_count(bridge: str) -> int:
