@@ -51,7 +51,8 @@ def run_demo(policy: Policy, ready: dict, seconds: int, scale: float) -> str:
 
 def _report(policy: Policy, flows, results, call_results, scale: float) -> str:
     by_code = {opd.code: opd for opd in policy.opds}
-    lines = [f"{'OPD':<12} {'dir':<9} {'guaranteed':>11} {'ceiling':>10} {'achieved':>10} {'of ceiling':>10}"]
+    lines = [f"{'OPD':<16} {'dir':<9} {'guaranteed':>11} {'ceiling':>10} {'achieved':>11} {'x guar':>7} "
+             f"{'of ceiling':>10}"]
     for (_, download, code), result in zip(flows, results, strict=True):
         direction = "download" if download else "upload"
         opd = by_code.get(code)
@@ -64,8 +65,9 @@ def _report(policy: Policy, flows, results, call_results, scale: float) -> str:
             ceiling = getattr(policy.backbone, direction) * scale
         achieved = result.goodput_bps
         note = f" ERROR {result.error}" if result.error else ""
-        lines.append(f"{code:<12} {direction:<9} {format_rate(guaranteed):>11} {format_rate(ceiling):>10} "
-                     f"{format_rate(achieved):>10} {100 * achieved / ceiling:>9.1f}%{note}")
+        lines.append(f"{code:<16} {direction:<9} {format_rate(guaranteed):>11} {format_rate(ceiling):>10} "
+                     f"{format_rate(achieved):>11} {achieved / guaranteed:>6.2f}x "
+                     f"{100 * achieved / ceiling:>9.1f}%{note}")
     total_down = sum(r.goodput_bps for (_, d, _), r in zip(flows, results, strict=True) if d)
     lines.append(f"backbone download used: {format_rate(total_down)} of "
                  f"{format_rate(policy.backbone.download * scale)} "
