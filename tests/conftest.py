@@ -142,12 +142,31 @@ def _check(argv: list[str]) -> subprocess.CompletedProcess[str]:
     return result
 
 
-class OvsBridgeFactory:
-    """Creates userspace (netdev) OVS bridges named ``sptest<pid%1000><n>`` and deletes exactly
-    those at teardown. ``fail_mode=secure``: nothing forwards until flows are installed."""
+class _CreatedByName:
+    """Remembers what a test created, by name, and deletes exactly that at teardown."""
+
+    what = "test resources"
 
     def __init__(self) -> None:
         self.created: list[str] = []
+
+    def remove(self, name: str) -> None:
+        raise NotImplementedError
+
+    def cleanup(self) -> None:
+        errors = []
+        for name in reversed(self.created[:]):
+            try:
+                self.remove(name)
+            except Exception as error:
+                errors.append(str(error))
+        if errors:
+            raise RuntimeError(f"could not delete {self.what}: " + "; ".join(errors))
+
+
+class OvsBridgeFactory(_CreatedByName):
+    """Creates userspace (netdev) OVS bridges named ``sptest<pid%1000><n>`` and deletes exactly
+    those at teardown. ``fail_mode=secure``: nothing forwards until flows are installed."""
 
     def _new_name(self) -> str:
         prefix = f"sptest{os.getpid() % 1000}"
@@ -177,15 +196,7 @@ class OvsBridgeFactory:
         _check(["ovs-vsctl", f"--timeout={TIMEOUT}", "--if-exists", "del-br", name])
         self.created.remove(name)
 
-    def cleanup(self) -> None:
-        errors = []
-        for name in reversed(self.created[:]):
-            try:
-                self.remove(name)
-            except Exception as error:
-                errors.append(str(error))
-        if errors:
-            raise RuntimeError("could not delete test bridges: " + "; ".join(errors))
+    what = "test bridges"
 
 
 @pytest.fixture
@@ -198,12 +209,9 @@ def ovs_bridge_factory() -> Iterator[OvsBridgeFactory]:
         factory.cleanup()
 
 
-class NetnsFactory:
+class NetnsFactory(_CreatedByName):
     """Creates network namespaces named ``sptest-<pid>-<n>[-label]`` and deletes exactly those
     at teardown (their veths go with them)."""
-
-    def __init__(self) -> None:
-        self.created: list[str] = []
 
     def __call__(self, label: str = "") -> str:
         existing = set(subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,
@@ -223,15 +231,7 @@ class NetnsFactory:
             _check(["ip", "netns", "delete", name])
         self.created.remove(name)
 
-    def cleanup(self) -> None:
-        errors = []
-        for name in reversed(self.created[:]):
-            try:
-                self.remove(name)
-            except Exception as error:
-                errors.append(str(error))
-        if errors:
-            raise RuntimeError("could not delete test namespaces: " + "; ".join(errors))
+    what = "test namespaces"
 
 
 @pytest.fixture
