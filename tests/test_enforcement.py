@@ -104,6 +104,7 @@ def test_an_opd_alone_reaches_its_ceiling_in_both_directions(emulation: dict, po
         result = run_flows(inet, [(host, download)], SECONDS)[0]
         ceiling = (opd.download if download else opd.upload).ceiling * emulation["scale"]
         ratio = result.goodput_bps / ceiling
+        print(f"single OPD {'download' if download else 'upload'}: {ratio:.3f} of ceiling")
         assert not result.error, result.error
         assert 0.93 <= ratio <= 1.01, f"{'download' if download else 'upload'}: {ratio:.3f} of the ceiling"
 
@@ -122,6 +123,9 @@ def test_all_opds_saturating_each_get_their_guarantee_and_wifi_only_its_floor(em
             short.append(f"{opd.code}: {result.goodput_bps / 1e6:.2f} of {guaranteed / 1e6:.2f} Mbit/s {result.error}")
     assert not short, "below 95% of the guarantee:\n" + "\n".join(short)
     total = sum(result.goodput_bps for result in results)
+    worst = min(r.goodput_bps / (o.download.guaranteed * scale) for o, r in zip(policy.opds, results, strict=False))
+    print(f"all 50: worst OPD {worst:.3f} of guarantee, backbone {total / (policy.backbone.download * scale):.3f}, "
+          f"wifi {results[-1].goodput_bps / (policy.public_wifi[0].floor.download * scale):.3f} of floor")
     assert total >= 0.93 * policy.backbone.download * scale, f"backbone used {total / 1e6:.1f} Mbit/s"
     wifi = results[-1].goodput_bps
     assert wifi <= 1.05 * pool.floor.download * scale, f"Wi-Fi took {wifi / 1e6:.2f} Mbit/s under saturation"
@@ -130,6 +134,7 @@ def test_all_opds_saturating_each_get_their_guarantee_and_wifi_only_its_floor(em
 def test_public_wifi_soaks_up_an_idle_backbone(emulation: dict, policy) -> None:
     pool = policy.public_wifi[0]
     result = run_flows(_host(emulation, "inet"), [(_host(emulation, f"wifi{pool.id}"), True)], SECONDS)[0]
+    print(f"wifi alone: {result.goodput_bps / (policy.backbone.download * emulation['scale']):.3f} of backbone")
     assert result.goodput_bps >= 0.90 * policy.backbone.download * emulation["scale"], result
 
 
@@ -148,6 +153,7 @@ def test_five_active_opds_use_what_they_may_in_proportion_to_guarantees(emulatio
     expected = _water_fill(policy.backbone.download * scale,
                            [(o.download.guaranteed * scale, o.download.ceiling * scale) for o in chosen])
     ratios = [result.goodput_bps / want for result, want in zip(results, expected, strict=True)]
+    print(f"five OPDs: {total / may_use:.3f} of what they may use; per-OPD/fair {[round(r, 3) for r in ratios]}")
     # Goodput is ~95.6% of the L2 rate HTB shapes: each OPD within 93-101% of its fair rate.
     assert all(0.90 <= ratio <= 1.01 for ratio in ratios), list(zip([o.code for o in chosen], ratios, strict=True))
 
@@ -193,6 +199,7 @@ def test_realtime_rtt_stays_low_while_bulk_of_the_same_opd_queues(emulation: dic
     ceiling = opd.download.ceiling * emulation["scale"]
     assert bulk[0].goodput_bps >= 0.85 * ceiling, bulk[0]
     idle_p99, busy_p99 = percentile(idle["rtts_ms"], 0.99), percentile(busy["rtts_ms"], 0.99)
+    print(f"realtime RTT p99 idle {idle_p99:.2f} ms, under load {busy_p99:.2f} ms; lost {busy['lost']}")
     assert busy_p99 <= idle_p99 + 5.0, f"realtime p99 {busy_p99:.2f} ms under load vs {idle_p99:.2f} ms idle"
 
 
@@ -243,6 +250,8 @@ def test_ceiling_change_holds_within_a_second_and_no_other_opd_loses_a_packet(em
     new_ceiling = 500e6 * scale
     # Intervals are 1 s long and the change happened 5 s in: from the 7th second on the new rate holds.
     after = intervals[6:13]
+    print(f"ceiling change applied in {applied_s:.2f} s; after: {[round(v / new_ceiling, 3) for v in after]}; "
+          f"probe loss {[r['lost'] for r in results]} of {[r['sent'] for r in results]}")
     assert all(0.90 * new_ceiling <= value <= 1.03 * new_ceiling for value in after), after
     assert intervals[2] >= 0.93 * target.download.ceiling * scale, intervals[:5]
     assert all(result["lost"] == 0 and result["sent"] == 700 for result in results), \
@@ -291,6 +300,8 @@ def test_schedule_window_switches_at_its_boundaries_without_loss_elsewhere(emula
         policy_file.write_text(original)
     assert [ceil for ceil, _ in seen] == ["10Mbit", "5Mbit", "10Mbit"], seen
     times = [at for _, at in seen]
+    print(f"schedule: switched {times[1] - start.timestamp():+.2f} s / {times[2] - end.timestamp():+.2f} s from "
+          f"its boundaries; probe loss {[r['lost'] for r in results]}")
     assert abs(times[1] - start.timestamp()) < 1.5 and abs(times[2] - end.timestamp()) < 1.5, (seen, start, end)
     assert all(result["lost"] == 0 for result in results), [(r["sent"], r["lost"]) for r in results]
 
@@ -345,4 +356,5 @@ def test_killing_and_restarting_the_controller_removes_nothing_and_traffic_flows
         assert entry["last_reconcile"]["messages"] == 0, entry  # the restart changed nothing
     for name, queue in status["queues"].items():
         assert queue.get("requests") == 0, (name, queue)
+    print(f"controller kill -9 + restart: probe loss {[r['lost'] for r in results]} of {[r['sent'] for r in results]}")
     assert all(result["lost"] <= 0.001 * result["sent"] for result in results), results
