@@ -114,17 +114,21 @@ class Enforcer:
         return False
 
     def _apply(self, desired: DesiredState) -> None:
+        previous = {plan.port: plan for plan in self.desired.queues} if self.desired else {}
         self.desired = desired
         self.status.window = desired.schedule_window
         self.flows.set_desired({plan.dpid: plan for plan in desired.switches})
-        self.reapply_queues()
+        # A port whose tree did not change is not read back (measured: 65 ms per port at 500 OPDs).
+        changed = [plan for plan in desired.queues
+                   if previous.get(plan.port) != plan or "error" in self.status.queues_applied.get(plan.port, {})]
+        self.reapply_queues(changed)
 
-    def reapply_queues(self) -> bool:
+    def reapply_queues(self, plans: list[QueuePlan] | None = None) -> bool:
         """Make the tc trees match (again); a missing port is retried later, never fatal."""
         if self.desired is None:
             return True
         ok = True
-        for plan in self.desired.queues:
+        for plan in self.desired.queues if plans is None else plans:
             try:
                 self.status.queues_applied[plan.port] = _as_dict(self.queues.apply(plan))
             except Exception as error:  # netlink errors, port not there yet
