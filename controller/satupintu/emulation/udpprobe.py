@@ -42,6 +42,7 @@ def probe(bind: str, target: str, port: int, count: int, interval_s: float, size
     padding = b"\x00" * max(0, size - _HEADER.size)
     rtts: dict[int, float] = {}
     start = time.monotonic()
+    started_unix = time.time()
     next_send = start
     sent = 0
     end = start + count * interval_s + linger_s
@@ -65,7 +66,9 @@ def probe(bind: str, target: str, port: int, count: int, interval_s: float, size
         if sent >= count and len(rtts) >= sent:
             break
     ordered = [rtts[key] for key in sorted(rtts)]
-    return {"sent": sent, "received": len(rtts), "lost": sent - len(rtts), "rtts_ms": ordered}
+    lost = sorted(set(range(sent)) - rtts.keys())
+    return {"sent": sent, "received": len(rtts), "lost": len(lost), "lost_sequences": lost, "rtts_ms": ordered,
+            "started_unix": started_unix, "interval_s": interval_s}
 
 
 def main(argv: list[str] | None = None) -> int:
