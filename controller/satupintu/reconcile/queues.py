@@ -42,28 +42,28 @@ def _depth(klass: HtbClass, by_minor: dict[int, HtbClass]) -> int:
     return depth
 
 
+def _keyed_diff(want: dict, have: dict, params) -> tuple[list, list[tuple], list]:
+    """(to add, (old, new) to change, to remove) between two keyed collections."""
+    add, change = [], []
+    for key, item in want.items():
+        old = have.get(key)
+        if old is None:
+            add.append(item)
+        elif params(old) != params(item):
+            change.append((old, item))
+    return add, change, [item for key, item in have.items() if key not in want]
+
+
 def diff_queue_plans(desired: QueuePlan, actual_classes: list[HtbClass], actual_rules: list[U32Rule]) -> QueueDiff:
     diff = QueueDiff(desired.port)
     want = {klass.minor: klass for klass in desired.classes}
     have = {klass.minor: klass for klass in actual_classes}
-    for minor, klass in want.items():
-        old = have.get(minor)
-        if old is None:
-            diff.add_classes.append(klass)
-        elif _class_params(old) != _class_params(klass):
-            diff.change_classes.append((old, klass))
-    diff.remove_classes = [klass for minor, klass in have.items() if minor not in want]
+    diff.add_classes, diff.change_classes, diff.remove_classes = _keyed_diff(want, have, _class_params)
     diff.add_classes.sort(key=lambda klass: (_depth(klass, want), klass.minor))
     diff.remove_classes.sort(key=lambda klass: (-_depth(klass, have), klass.minor))
     want_rules: dict[RuleKey, U32Rule] = {(rule.bucket, rule.node): rule for rule in desired.rules}
     have_rules: dict[RuleKey, U32Rule] = {(rule.bucket, rule.node): rule for rule in actual_rules}
-    for key, rule in want_rules.items():
-        old_rule = have_rules.get(key)
-        if old_rule is None:
-            diff.add_rules.append(rule)
-        elif _rule_params(old_rule) != _rule_params(rule):
-            diff.change_rules.append((old_rule, rule))
-    diff.remove_rules = [rule for key, rule in have_rules.items() if key not in want_rules]
+    diff.add_rules, diff.change_rules, diff.remove_rules = _keyed_diff(want_rules, have_rules, _rule_params)
     return diff
 
 
