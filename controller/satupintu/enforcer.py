@@ -60,8 +60,7 @@ class Enforcer:
 
     def __init__(self, policy_path: str | Path, topology: Topology, flows: FlowDriver, queues: QueueDriver,
                  *, scale: float = 1.0, status_file: str | Path | None = None,
-                 clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-                 on_change: Callable[[Enforcer], None] | None = None) -> None:
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self.policy_path = Path(policy_path)
         self.topology = topology
         self.flows = flows
@@ -69,7 +68,6 @@ class Enforcer:
         self.scale = scale
         self.status_file = Path(status_file) if status_file else None
         self.clock = clock
-        self.on_change = on_change
         self.loaded: LoadedPolicy | None = None
         self.desired: DesiredState | None = None
         self.status = EnforcerStatus()
@@ -83,8 +81,7 @@ class Enforcer:
         try:
             loaded = load_policy(self.policy_path)
             window = active_window(loaded.policy, self.clock())
-            desired = compile_state(loaded.policy, self.topology, window=window, scale=self.scale,
-                                    policy_hash=loaded.sha256)
+            desired = self._compile(loaded, window)
         except PolicyError as error:
             return self._rejected(reason, started, [str(issue) for issue in error.issues])
         except ValueError as error:  # compile-time impossibilities (topology lacks an OPD, u32 limits)
@@ -102,15 +99,19 @@ class Enforcer:
         self.status.last = record
         log.info("policy generation %d applied (%s, window %s) in %.3fs", self.status.generation, reason,
                  desired.schedule_window, record.duration_s)
-        self._publish()
+        self.write_status()
         return True
+
+    def _compile(self, loaded: LoadedPolicy, window: str) -> DesiredState:
+        return compile_state(loaded.policy, self.topology, window=window, scale=self.scale,
+                             policy_hash=loaded.sha256)
 
     def _rejected(self, reason: str, started: float, messages: list[str]) -> bool:
         self._mtime = self._stat_mtime()
         self.status.reloads_failed += 1
         self.status.last = ReloadRecord(False, reason, time.time(), time.monotonic() - started, messages)
         log.error("policy reload (%s) rejected; the running policy stays:\n%s", reason, "\n".join(messages))
-        self._publish()
+        self.write_status()
         return False
 
     def _apply(self, desired: DesiredState) -> None:
@@ -159,11 +160,10 @@ class Enforcer:
         if window == self.status.window:
             return False
         log.info("schedule window %s -> %s", self.status.window, window)
-        desired = compile_state(self.loaded.policy, self.topology, window=window, scale=self.scale,
-                                policy_hash=self.loaded.sha256)
+        desired = self._compile(self.loaded, window)
         self._apply(desired)
         self.status.generation += 1
-        self._publish()
+        self.write_status()
         return True
 
     def seconds_to_boundary(self) -> float | None:
@@ -193,11 +193,6 @@ class Enforcer:
                 "messages": last.messages},
             "queues": status.queues_applied,
         }
-
-    def _publish(self) -> None:
-        if self.on_change is not None:
-            self.on_change(self)
-        self.write_status()
 
     def write_status(self, extra: dict | None = None) -> None:
         if self.status_file is None:

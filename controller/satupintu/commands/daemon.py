@@ -126,7 +126,7 @@ class Daemon:
         log.info("OpenFlow listening on %s:%d%s", *self.openflow, " (TLS)" if self.tls else "")
         shaper = TcShaper()
         enforcer = Enforcer(args.policy, self.topology, driver, shaper, scale=args.scale,
-                            status_file=args.status_file, on_change=metrics.policy_changed)
+                            status_file=args.status_file)
         metrics.attach(enforcer, driver, shaper, self.topology)
         enforcer.reload("startup")
         next_stats = 0.0

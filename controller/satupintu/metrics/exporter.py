@@ -87,9 +87,6 @@ class Metrics:
     def attach(self, enforcer: Any, driver: Any, shaper: Any, topology: Any) -> None:
         self.enforcer, self.driver, self.shaper, self.topology = enforcer, driver, shaper, topology
 
-    def policy_changed(self, enforcer: Any) -> None:
-        """Hook from the enforcer; values are read at scrape time, nothing to cache."""
-
     def collect(self) -> Iterator[Metric]:
         with self._lock:
             families = {spec.name: _family(spec.name) for spec in METRICS}
@@ -131,6 +128,7 @@ class Metrics:
                 families["satupintu_uplink_bytes"].add_metric([direction, plan.port], root.bytes)
                 families["satupintu_uplink_drops"].add_metric([direction, plan.port], root.drops)
             drops_by_owner: dict[int, int] = {}
+            owner_labels: dict[int, list[str]] = {}
             for klass in plan.classes:
                 if klass.minor == ROOT_MINOR:
                     continue
@@ -140,27 +138,25 @@ class Metrics:
                 entry = stats.get(klass.minor)
                 labels = [code, kind, direction]
                 if klass.class_id == 0:  # the OPD / pool / unclassified class itself
+                    owner_labels[owner] = labels
                     families["satupintu_opd_guaranteed_bps"].add_metric(labels, klass.rate_bps)
                     families["satupintu_opd_ceiling_bps"].add_metric(labels, klass.ceil_bps)
                     if entry is not None:
                         families["satupintu_opd_bytes"].add_metric(labels, entry.bytes)
                         families["satupintu_opd_packets"].add_metric(labels, entry.packets)
-                        families["satupintu_opd_borrowed"].add_metric(labels, getattr(entry, "borrows", 0))
-                        families["satupintu_opd_lent"].add_metric(labels, getattr(entry, "lends", 0))
+                        families["satupintu_opd_borrowed"].add_metric(labels, entry.borrows)
+                        families["satupintu_opd_lent"].add_metric(labels, entry.lends)
                 if entry is not None and klass.is_leaf:
-                    drops_by_owner[klass.owner_id] = drops_by_owner.get(klass.owner_id, 0) + entry.drops
+                    drops_by_owner[owner] = drops_by_owner.get(owner, 0) + entry.drops
                     if klass.class_id:
                         leaf = [*labels, class_names.get(klass.class_id, str(klass.class_id))]
                         families["satupintu_class_bytes"].add_metric(leaf, entry.bytes)
                         families["satupintu_class_packets"].add_metric(leaf, entry.packets)
                         families["satupintu_class_drops"].add_metric(leaf, entry.drops)
-                        families["satupintu_class_backlog_bytes"].add_metric(leaf, getattr(entry, "backlog_bytes", 0))
-            for klass in plan.classes:
-                if klass.class_id == 0 and klass.minor != ROOT_MINOR and klass.owner_id in drops_by_owner:
-                    owner = klass.owner_id
-                    code = "unclassified" if klass.minor == UNCLASSIFIED_MINOR else codes.get(owner, str(owner))
-                    kind = "unclassified" if owner == 0 else ("wifi" if owner in pools else "opd")
-                    families["satupintu_opd_drops"].add_metric([code, kind, direction], drops_by_owner[owner])
+                        families["satupintu_class_backlog_bytes"].add_metric(leaf, entry.backlog_bytes)
+            for owner, drops in drops_by_owner.items():
+                if owner in owner_labels:
+                    families["satupintu_opd_drops"].add_metric(owner_labels[owner], drops)
 
     def _collect_switches(self, families: dict[str, Metric]) -> None:
         if self.driver is None:
