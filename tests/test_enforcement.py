@@ -97,8 +97,12 @@ def _probe_result(process: subprocess.Popen, timeout_s: float) -> dict:
     return json.loads(out)
 
 
-def _lost_near(results: list[dict], moment_unix: float, before_s: float = 1.0, after_s: float = 2.0) -> list[float]:
-    """Send times (relative to `moment_unix`) of lost probe packets close to that moment."""
+def _lost_near(results: list[dict], moment_unix: float, before_s: float = 0.2, after_s: float = 2.0) -> list[float]:
+    """Send times (relative to `moment_unix`) of lost probe packets close to that moment.
+
+    A change can only hurt packets sent after it or still in flight (milliseconds here);
+    losses further back are the datapath's background loss (seen: 2 packets 0.885 s
+    before the file was written), bounded separately by BACKGROUND_LOSS."""
     near = []
     for result in results:
         for sequence in result["lost_sequences"]:
