@@ -245,3 +245,18 @@ def test_owner_missing_from_the_topology_stops_the_compiler(tmp_path: Path, poli
     path.write_text(GOOD.replace('"1-3"', '"1-49,900"'))
     with pytest.raises(ValueError, match="does not attach: UPTD-PPA"):
         compile_state(policy, load_topology(path), scale=0.01)
+
+
+@pytest.mark.parametrize("name", ["star-50", "tree-50", "ring-50"])
+def test_topology_yaml_round_trips_a_renamed_copy(tmp_path, repo_root, name):
+    from satupintu.emulation.network import renamed
+    from satupintu.topology import topology_yaml
+
+    original = renamed(load_topology(repo_root / "topologies" / f"{name}.yaml"), "x")
+    path = tmp_path / "t.yaml"
+    path.write_text(topology_yaml(original))
+    copy = load_topology(path)
+    assert copy.dpids == original.dpids and copy.trunks == original.trunks
+    assert copy.attachments == original.attachments and copy.gateway == original.gateway == "xgw"
+    assert (copy.upstream_port, copy.backbone_port, copy.upstream_address) == (
+        original.upstream_port, original.backbone_port, original.upstream_address)

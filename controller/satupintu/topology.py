@@ -212,3 +212,23 @@ def star_topology(owner_ids: list[int], name: str = "star") -> Topology:
     """Gateway `gw` with one trunk to `core`, every owner on `core` (benchmarks, tests)."""
     return Topology(name, {"gw": 1, "core": 2}, [Trunk("gw", 1, "core", 1)], "gw", 2, 1, "100.64.0.1",
                     {owner: "core" for owner in owner_ids})
+
+
+def topology_yaml(topology: Topology) -> str:
+    """The topology as a file `load_topology` reads back: lets an emulation hand a renamed copy to
+    the controller process."""
+    import json
+
+    by_switch: dict[str, list[int]] = {}
+    for owner, switch in sorted(topology.attachments.items()):
+        by_switch.setdefault(switch, []).append(owner)
+    lines = [f"name: {json.dumps(topology.name)}", "switches:"]
+    lines += [f"  - {{name: {name}, dpid: {dpid}}}" for name, dpid in sorted(topology.dpids.items())]
+    lines.append("links:" if topology.trunks else "links: []")
+    lines += [f"  - {{a: {t.a}, a_port: {t.a_port}, b: {t.b}, b_port: {t.b_port}}}" for t in topology.trunks]
+    lines += ["upstream:", f"  switch: {topology.gateway}", f"  port: {topology.upstream_port}",
+              f"  backbone_port: {topology.backbone_port}", f"  address: {json.dumps(topology.upstream_address)}",
+              "attach:"]
+    lines += [f"  - {{switch: {switch}, owners: \"{','.join(map(str, owners))}\"}}"
+              for switch, owners in sorted(by_switch.items())]
+    return "\n".join(lines) + "\n"

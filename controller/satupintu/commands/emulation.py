@@ -37,6 +37,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--openflow-port", type=int, default=6653)
     parser.add_argument("--metrics-listen", default="127.0.0.1:9733", metavar="HOST:PORT")
     parser.add_argument("--workdir", default=None, help="controller status/log directory (default: a temp dir)")
+    parser.add_argument("--switch-prefix", default="", metavar="PREFIX",
+                        help="prefix every switch name (bridges 'agw', 'acore'), to run beside another emulation")
 
 
 def _require_root() -> int | None:
@@ -51,7 +53,8 @@ def _session(args: argparse.Namespace):
 
     return EmulationSession(args.policy or str(DEFAULT_POLICY), args.topology or str(DEFAULT_TOPOLOGY),
                             scale=args.scale, openflow_port=args.openflow_port,
-                            metrics_listen=args.metrics_listen, workdir=args.workdir)
+                            metrics_listen=args.metrics_listen, workdir=args.workdir,
+                            switch_prefix=args.switch_prefix)
 
 
 def cmd_emulate(args: argparse.Namespace) -> int:

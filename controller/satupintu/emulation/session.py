@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from satupintu.policy.load import load_policy
-from satupintu.topology import Topology, load_topology
+from satupintu.topology import Topology, load_topology, topology_yaml
 
 log = logging.getLogger("satupintu.emulation")
 
@@ -88,7 +88,9 @@ def enforcement_ready(status: dict, topology: Topology) -> bool:
 
 class EmulationSession:
     def __init__(self, policy_path: str, topology_path: str, scale: float = 0.01, openflow_port: int = 6653,
-                 metrics_listen: str = "127.0.0.1:9733", workdir: str | None = None) -> None:
+                 metrics_listen: str = "127.0.0.1:9733", workdir: str | None = None,
+                 switch_prefix: str = "") -> None:
+        """`switch_prefix` renames every switch (bridges "agw", "acore"): runs beside another emulation."""
         self.policy_path = os.path.abspath(policy_path)
         self.topology_path = os.path.abspath(topology_path)
         self.scale = scale
@@ -98,6 +100,12 @@ class EmulationSession:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.policy = load_policy(self.policy_path).policy
         self.topology = load_topology(self.topology_path)
+        if switch_prefix:
+            from satupintu.emulation.network import renamed
+
+            self.topology = renamed(self.topology, switch_prefix)
+            self.topology_path = str(self.workdir / "topology.yaml")
+            Path(self.topology_path).write_text(topology_yaml(self.topology))
         self.network = None
         self.controller = ControllerProcess(self.policy_path, self.topology_path, scale, openflow_port,
                                             metrics_listen, self.workdir)
