@@ -77,10 +77,13 @@ def test_u32_rules_classify_every_prefix_by_dscp_with_catch_all_last() -> None:
     rules = [rule for rule in state.queues[0].rules if rule.owner_id == 1]
     assert {rule.prefix for rule in rules} == {"10.1.1.0/24"}
     assert all(rule.bucket == 1 for rule in rules)  # third octet of 10.1.1.0
-    by_dscp = {rule.dscp: rule.flow_minor for rule in rules}
+    by_dscp = {rule.dscp: rule.flow_minor for rule in rules if not rule.tcp_ack_only}
     assert by_dscp == {46: leaf_minor(1, 1), 26: leaf_minor(1, 2), 8: leaf_minor(1, 4), None: leaf_minor(1, 3)}
-    catch_all = next(rule for rule in rules if rule.dscp is None)
+    catch_all = next(rule for rule in rules if rule.dscp is None and not rule.tcp_ack_only)
     assert catch_all.node == max(rule.node for rule in rules)
+    # pure ACKs first, into the most urgent class (realtime, priority 0): not behind the OPD's own data
+    (ack,) = [rule for rule in rules if rule.tcp_ack_only]
+    assert ack.node == min(rule.node for rule in rules) and ack.flow_minor == leaf_minor(1, 1) and ack.dscp is None
     wifi = [rule for rule in state.queues[0].rules if rule.owner_id == 900]
     assert len(wifi) == 1 and wifi[0].bucket is None and wifi[0].flow_minor == owner_minor(900)
     keys = [(rule.bucket, rule.node) for rule in state.queues[0].rules]

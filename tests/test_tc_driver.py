@@ -58,7 +58,7 @@ def _htb(minor: int, parent: int | None, rate: int, ceil: int, prio: int, guaran
 
 
 def _plan(port: str = IF_A, direction: Direction = Direction.UPLOAD, b_ceil: int = CAPACITY,
-          with_b: bool = True) -> QueuePlan:
+          with_b: bool = True, with_ack: bool = False) -> QueuePlan:
     classes = [
         _htb(1, None, CAPACITY, CAPACITY, 0, CAPACITY, "root", leaf=False),
         _htb(2, 1, 8_000, CAPACITY, 7, 8_000, "unclassified"),
@@ -70,6 +70,8 @@ def _plan(port: str = IF_A, direction: Direction = Direction.UPLOAD, b_ceil: int
         U32Rule("10.71.0.0/16", 46, A_RT, None, 1, 1),
         U32Rule("10.71.0.0/16", None, A_DEF, None, 8, 1),
     ]
+    if with_ack:
+        rules.append(U32Rule("10.71.0.0/16", None, A_RT, None, 2, 1, tcp_ack_only=True))
     if with_b:
         classes += [
             _htb(B, 1, 5 * M, b_ceil, 0, 5 * M, "B", leaf=False),
@@ -117,7 +119,7 @@ def veth() -> Iterator[None]:
             raise RuntimeError("could not delete test namespaces: " + "; ".join(failed))
 
 
-def _iperf(flows: list[tuple[str, int | None]], seconds: int) -> list[float]:
+def _iperf(flows: list[tuple[str, int | None]], seconds: int, reverse: bool = False) -> list[float]:
     """Concurrent TCP flows (source address, tos) from NS_A to NS_B; L2-equivalent bit/s each."""
     if shutil.which("iperf3") is None:
         if os.environ.get("CI", "").strip().lower() in {"true", "1", "yes"}:
@@ -140,6 +142,8 @@ def _iperf(flows: list[tuple[str, int | None]], seconds: int) -> list[float]:
                    "-t", str(seconds), "-O", "1", "-J"]
             if tos is not None:
                 cmd += ["-S", str(tos)]
+            if reverse:
+                cmd.append("-R")
             clients.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
         rates = []
         for client in clients:
@@ -255,6 +259,22 @@ def test_dscp_steers_to_realtime_leaves(veth: None) -> None:
 
 
 @pytest.mark.netns
+def test_pure_tcp_acks_go_to_the_urgent_leaf_and_data_does_not(veth: None) -> None:
+    TcShaper().apply(_plan(with_ack=True), netns=NS_A)
+    assert TcShaper().apply(_plan(with_ack=True), netns=NS_A).requests == 0  # read back equal, ACK key included
+    before = read_stats(IF_A, netns=NS_A)
+    _iperf([(SRC_A, None)], seconds=2, reverse=True)  # NS_B sends data; NS_A's ACKs leave through IF_A
+    acks = read_stats(IF_A, netns=NS_A)
+    _iperf([(SRC_A, None)], seconds=2)  # NS_A sends data: full-size segments stay in the default leaf
+    data = read_stats(IF_A, netns=NS_A)
+    ack_packets = {minor: acks[minor].packets - before[minor].packets for minor in (A_RT, A_DEF)}
+    data_bytes = {minor: data[minor].bytes - acks[minor].bytes for minor in (A_RT, A_DEF)}
+    print(f"\nACK packets per leaf: {ack_packets}; data bytes per leaf: {data_bytes}")
+    assert ack_packets[A_RT] > 1000 and ack_packets[A_DEF] < ack_packets[A_RT] / 20
+    assert data_bytes[A_DEF] > 1_000_000 and data_bytes[A_RT] < data_bytes[A_DEF] / 50
+
+
+@pytest.mark.netns
 def test_remove_readd_and_retarget_send_only_the_difference(veth: None) -> None:
     shaper = TcShaper()
     shaper.apply(_plan(), netns=NS_A)
@@ -321,7 +341,9 @@ def test_new_default_class_rebuilds_because_htb_cannot_change_it(veth: None) -> 
 def test_selector_round_trips_and_foreign_selectors_are_not_decoded() -> None:
     for prefix, dscp, direction in (("10.71.0.0/16", 46, Direction.UPLOAD), ("10.72.5.0/24", None,
                                     Direction.DOWNLOAD), ("0.0.0.0/0", 0, Direction.UPLOAD)):
-        assert _decode_rule_sel(_rule_sel(prefix, dscp, direction), direction) == (prefix, dscp)
+        assert _decode_rule_sel(_rule_sel(prefix, dscp, direction), direction) == (prefix, dscp, False)
+    ack = _rule_sel("10.71.0.0/16", None, Direction.DOWNLOAD, tcp_ack_only=True)
+    assert _decode_rule_sel(ack, Direction.DOWNLOAD) == ("10.71.0.0/16", None, True)
     upload = _rule_sel("10.71.0.0/16", None, Direction.UPLOAD)
     assert _decode_rule_sel(upload, Direction.DOWNLOAD) is None  # src key read as a dst rule: replace it
     assert _decode_rule_sel(upload[:-4], Direction.UPLOAD) is None

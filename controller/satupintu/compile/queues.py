@@ -111,12 +111,15 @@ def _classes(policy: Policy, allocations: Allocations, direction: Direction, sca
 
 
 def _rules(policy: Policy) -> list[U32Rule]:
-    """u32 rules: per OPD prefix one rule per DSCP class then a catch-all to the default leaf.
+    """u32 rules: per OPD prefix first pure TCP ACKs to its most urgent class, then one rule per
+    DSCP class, then a catch-all to the default leaf (8 nodes per prefix: ACK, 6 classes, default).
 
     Node numbers come from the sorted prefix order inside each list, never from file order.
     """
     classes = sorted(policy.classes, key=lambda klass: klass.id)
     default = next(klass for klass in classes if klass.name == policy.default_class)
+    marked = [klass for klass in classes if klass is not default]
+    urgent = min(classes, key=lambda klass: (klass.priority, klass.id))
     entries: list[tuple[ipaddress.IPv4Network, int, bool]] = []
     for opd in policy.opds:
         entries.extend((network(p), opd.id, False) for p in opd.prefixes if ":" not in p)
@@ -137,9 +140,11 @@ def _rules(policy: Policy) -> list[U32Rule]:
             if is_pool:
                 rules.append(U32Rule(prefix, None, owner_minor(owner), bucket, base + 7, owner))
                 continue
-            for slot, klass in enumerate(classes):
-                if klass is not default:
-                    rules.append(U32Rule(prefix, klass.dscp, leaf_minor(owner, klass.id), bucket, base + slot, owner))
+            if urgent is not default:
+                rules.append(U32Rule(prefix, None, leaf_minor(owner, urgent.id), bucket, base, owner,
+                                     tcp_ack_only=True))
+            for slot, klass in enumerate(marked, start=1):
+                rules.append(U32Rule(prefix, klass.dscp, leaf_minor(owner, klass.id), bucket, base + slot, owner))
             rules.append(U32Rule(prefix, None, leaf_minor(owner, default.id), bucket, base + 7, owner))
     rules.sort(key=lambda rule: (rule.bucket is not None, rule.bucket or 0, rule.node))
     return rules

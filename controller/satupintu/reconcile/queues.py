@@ -73,4 +73,4 @@ def _class_params(klass: HtbClass) -> tuple:
 
 
 def _rule_params(rule: U32Rule) -> tuple:
-    return (rule.prefix, rule.dscp, rule.flow_minor)
+    return (rule.prefix, rule.dscp, rule.tcp_ack_only, rule.flow_minor)
