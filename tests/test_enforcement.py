@@ -17,7 +17,17 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from satupintu.compile.plan import owner_minor
-from satupintu.emulation.traffic import Host, IperfServers, collect, in_host, percentile, run_flows, start_client
+from satupintu.emulation.observe import (
+    BACKGROUND_LOSS,
+    class_ids,
+    echo_server,
+    flow_count,
+    lost_near,
+    probe_result,
+    start_probe,
+    total_loss,
+)
+from satupintu.emulation.traffic import Host, IperfServers, collect, percentile, run_flows, start_client
 from satupintu.policy.load import load_policy
 from satupintu.policy.model import DAYS
 
@@ -29,7 +39,6 @@ TOPOLOGY = REPO / "topologies" / "star-50.yaml"
 OPENFLOW_PORT = 6753
 METRICS = "127.0.0.1:9833"
 SECONDS = 10
-ECHO_PORT = 3478  # a realtime port in jateng-50
 
 
 @pytest.fixture(scope="module")
@@ -75,51 +84,6 @@ def policy():
 
 def _host(ready: dict, name: str) -> Host:
     return Host.from_ready(ready, name)
-
-
-def _echo_server(ready: dict, seconds: float) -> subprocess.Popen:
-    inet = _host(ready, "inet")
-    return subprocess.Popen(in_host(inet.pid, [sys.executable, "-m", "satupintu.emulation.udpprobe", "server",
-                                               "--bind", inet.ip, "--port", str(ECHO_PORT),
-                                               "--duration", str(seconds)]))
-
-
-def _probe(ready: dict, name: str, count: int, interval_s: float) -> subprocess.Popen:
-    client, inet = _host(ready, name), _host(ready, "inet")
-    return subprocess.Popen(in_host(client.pid, [
-        sys.executable, "-m", "satupintu.emulation.udpprobe", "client", "--bind", client.ip, "--target", inet.ip,
-        "--port", str(ECHO_PORT), "--count", str(count), "--interval", str(interval_s)]),
-        stdout=subprocess.PIPE, text=True)
-
-
-def _probe_result(process: subprocess.Popen, timeout_s: float) -> dict:
-    out, _ = process.communicate(timeout=timeout_s)
-    return json.loads(out)
-
-
-def _lost_near(results: list[dict], moment_unix: float, before_s: float = 0.2, after_s: float = 2.0) -> list[float]:
-    """Send times (relative to `moment_unix`) of lost probe packets close to that moment.
-
-    A change can only hurt packets sent after it or still in flight (milliseconds here);
-    losses further back are the datapath's background loss (seen: 2 packets 0.885 s
-    before the file was written), bounded separately by BACKGROUND_LOSS."""
-    near = []
-    for result in results:
-        for sequence in result["lost_sequences"]:
-            offset = result["started_unix"] + sequence * result["interval_s"] - moment_unix
-            if -before_s <= offset <= after_s:
-                near.append(round(offset, 3))
-    return near
-
-
-def _total_loss(results: list[dict]) -> float:
-    return sum(r["lost"] for r in results) / max(1, sum(r["sent"] for r in results))
-
-
-# The userspace datapath loses a rare probe packet under load even with no change at all
-# (measured: 1 of 7,000 with one TCP flow, no reload). So: no loss at the change, and the
-# whole stream within 0.1%.
-BACKGROUND_LOSS = 0.001
 
 
 def test_an_opd_alone_reaches_its_ceiling_in_both_directions(emulation: dict, policy) -> None:
@@ -204,17 +168,17 @@ def _water_fill(capacity: float, allocations: list[tuple[float, float]]) -> list
 
 def test_realtime_rtt_stays_low_while_bulk_of_the_same_opd_queues(emulation: dict, policy) -> None:
     opd = next(item for item in policy.opds if item.code == "DINKES")
-    echo = _echo_server(emulation, 60)
+    echo = echo_server(emulation, 60)
     try:
         time.sleep(0.3)
-        idle = _probe_result(_probe(emulation, f"opd{opd.id}", 200, 0.02), 30)
+        idle = probe_result(start_probe(emulation, f"opd{opd.id}", 200, 0.02), 30)
         inet, host = _host(emulation, "inet"), _host(emulation, f"opd{opd.id}")
         with IperfServers(inet) as servers:
             ports = servers.start(2)
             loads = [start_client(host, inet, ports[0], SECONDS + 2, download=True, dscp=46),
                      start_client(host, inet, ports[1], SECONDS + 2, download=False, dscp=46)]
             time.sleep(3)
-            busy = _probe_result(_probe(emulation, f"opd{opd.id}", 300, 0.02), 40)
+            busy = probe_result(start_probe(emulation, f"opd{opd.id}", 300, 0.02), 40)
             bulk = [collect(process, host, index == 0, SECONDS + 40) for index, process in enumerate(loads)]
     finally:
         echo.terminate()
@@ -248,11 +212,11 @@ def test_ceiling_change_holds_within_a_second_and_no_other_opd_loses_a_packet(em
     others = [opd for opd in policy.opds if opd.id != target.id][:5]
     policy_file = Path(emulation["policy_copy"])
     generation = _status(emulation)["generation"]
-    echo = _echo_server(emulation, 60)
+    echo = echo_server(emulation, 60)
     inet, host = _host(emulation, "inet"), _host(emulation, f"opd{target.id}")
     try:
         time.sleep(0.3)
-        probes = [_probe(emulation, f"opd{opd.id}", 700, 0.02) for opd in others]
+        probes = [start_probe(emulation, f"opd{opd.id}", 700, 0.02) for opd in others]
         with IperfServers(inet) as servers:
             port = servers.start(1)[0]
             flow = start_client(host, inet, port, 14, download=True, omit_s=0)
@@ -265,7 +229,7 @@ def test_ceiling_change_holds_within_a_second_and_no_other_opd_loses_a_packet(em
                 time.sleep(0.05)
             applied_s = time.monotonic() - changed_at
             out, _ = flow.communicate(timeout=60)
-        results = [_probe_result(probe, 60) for probe in probes]
+        results = [probe_result(probe, 60) for probe in probes]
     finally:
         echo.terminate()
         echo.wait(timeout=10)
@@ -280,9 +244,9 @@ def test_ceiling_change_holds_within_a_second_and_no_other_opd_loses_a_packet(em
           f"probe loss {[r['lost'] for r in results]} of {[r['sent'] for r in results]}")
     assert all(0.90 * new_ceiling <= value <= 1.03 * new_ceiling for value in after), after
     assert intervals[2] >= 0.93 * target.download.ceiling * scale, intervals[:5]
-    assert _lost_near(results, changed_unix) == [], "probe packets lost around the reload"
+    assert lost_near(results, changed_unix) == [], "probe packets lost around the reload"
     assert all(r["sent"] == 700 for r in results)
-    assert _total_loss(results) <= BACKGROUND_LOSS, [(r["sent"], r["lost"]) for r in results]
+    assert total_loss(results) <= BACKGROUND_LOSS, [(r["sent"], r["lost"]) for r in results]
 
 
 def _tc_ceil(port: str, minor: int) -> str:
@@ -307,20 +271,20 @@ def test_schedule_window_switches_at_its_boundaries_without_loss_elsewhere(emula
     policy_file.write_text(original[:original.index("\nschedules:")] + window)
     minor = owner_minor(target.id)
     seen: list[tuple[str, float]] = []  # (ceil, wall-clock time it was first seen)
-    echo = _echo_server(emulation, (end - datetime.now(zone)).total_seconds() + 30)
+    echo = echo_server(emulation, (end - datetime.now(zone)).total_seconds() + 30)
     try:
         while _status(emulation)["generation"] == generation:
             time.sleep(0.05)
         assert _status(emulation)["last_reload"]["ok"], _status(emulation)
         seconds = (end - datetime.now(zone)).total_seconds() + 3
-        probes = [_probe(emulation, f"opd{opd.id}", int(seconds / 0.02), 0.02) for opd in others]
+        probes = [start_probe(emulation, f"opd{opd.id}", int(seconds / 0.02), 0.02) for opd in others]
         deadline = time.monotonic() + seconds + 2
         while time.monotonic() < deadline:
             ceil = _tc_ceil("gw-eth1", minor)
             if not seen or seen[-1][0] != ceil:
                 seen.append((ceil, datetime.now(zone).timestamp()))
             time.sleep(0.1)
-        results = [_probe_result(probe, 60) for probe in probes]
+        results = [probe_result(probe, 60) for probe in probes]
     finally:
         echo.terminate()
         echo.wait(timeout=10)
@@ -330,34 +294,23 @@ def test_schedule_window_switches_at_its_boundaries_without_loss_elsewhere(emula
     print(f"schedule: switched {times[1] - start.timestamp():+.2f} s / {times[2] - end.timestamp():+.2f} s from "
           f"its boundaries; probe loss {[r['lost'] for r in results]}")
     assert abs(times[1] - start.timestamp()) < 1.5 and abs(times[2] - end.timestamp()) < 1.5, (seen, start, end)
-    assert _lost_near(results, start.timestamp()) == [] and _lost_near(results, end.timestamp()) == []
-    assert _total_loss(results) <= BACKGROUND_LOSS, [(r["sent"], r["lost"]) for r in results]
-
-
-def _flow_count(bridge: str) -> int:
-    out = subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "dump-flows", bridge], capture_output=True, text=True,
-                         check=True).stdout
-    return sum(1 for line in out.splitlines() if "cookie=" in line)
-
-
-def _class_ids(port: str) -> list[str]:
-    out = subprocess.run(["tc", "class", "show", "dev", port], capture_output=True, text=True, check=True).stdout
-    return sorted(line.split()[2] for line in out.splitlines() if line.startswith("class htb"))
+    assert lost_near(results, start.timestamp()) == [] and lost_near(results, end.timestamp()) == []
+    assert total_loss(results) <= BACKGROUND_LOSS, [(r["sent"], r["lost"]) for r in results]
 
 
 def test_killing_and_restarting_the_controller_removes_nothing_and_traffic_flows(emulation: dict) -> None:
-    before = {bridge: _flow_count(bridge) for bridge in ("gw", "core")}
-    classes = {port: _class_ids(port) for port in ("gw-eth1", "gw-eth2")}
+    before = {bridge: flow_count(bridge) for bridge in ("gw", "core")}
+    classes = {port: class_ids(port) for port in ("gw-eth1", "gw-eth2")}
     pid = int(Path(emulation["controller_pid_file"]).read_text())
-    echo = _echo_server(emulation, 60)
+    echo = echo_server(emulation, 60)
     try:
         time.sleep(0.3)
-        probes = [_probe(emulation, name, 500, 0.02) for name in ("opd1", "opd20", "opd40")]
+        probes = [start_probe(emulation, name, 500, 0.02) for name in ("opd1", "opd20", "opd40")]
         time.sleep(1)
         os.kill(pid, signal.SIGKILL)
         time.sleep(2)
-        assert {bridge: _flow_count(bridge) for bridge in ("gw", "core")} == before
-        assert {port: _class_ids(port) for port in classes} == classes
+        assert {bridge: flow_count(bridge) for bridge in ("gw", "core")} == before
+        assert {port: class_ids(port) for port in classes} == classes
         status_file = Path(emulation["workdir"]) / "restart-status.json"
         restarted = subprocess.Popen(
             [sys.executable, "-m", "satupintu.cli", "run", "--policy", emulation["policy_copy"],
@@ -374,15 +327,15 @@ def test_killing_and_restarting_the_controller_removes_nothing_and_traffic_flows
                 break
             assert time.monotonic() < deadline, status
             time.sleep(0.2)
-        results = [_probe_result(probe, 60) for probe in probes]
+        results = [probe_result(probe, 60) for probe in probes]
     finally:
         echo.terminate()
         echo.wait(timeout=10)
-    assert {bridge: _flow_count(bridge) for bridge in ("gw", "core")} == before
-    assert {port: _class_ids(port) for port in classes} == classes
+    assert {bridge: flow_count(bridge) for bridge in ("gw", "core")} == before
+    assert {port: class_ids(port) for port in classes} == classes
     for entry in status["switches"].values():
         assert entry["last_reconcile"]["messages"] == 0, entry  # the restart changed nothing
     for name, queue in status["queues"].items():
         assert queue.get("requests") == 0, (name, queue)
     print(f"controller kill -9 + restart: probe loss {[r['lost'] for r in results]} of {[r['sent'] for r in results]}")
-    assert _total_loss(results) <= BACKGROUND_LOSS, [(r["sent"], r["lost"]) for r in results]
+    assert total_loss(results) <= BACKGROUND_LOSS, [(r["sent"], r["lost"]) for r in results]
