@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry, ProcessCollector, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 
 from satupintu.compile.plan import ROOT_MINOR, UNCLASSIFIED_MINOR, Direction
@@ -36,6 +37,9 @@ METRICS: tuple[MetricSpec, ...] = (
     _spec("satupintu_opd_bytes", "counter", OWNER, "Bytes sent through the OPD's (or pool's) HTB class."),
     _spec("satupintu_opd_packets", "counter", OWNER, "Packets sent through the OPD's HTB class."),
     _spec("satupintu_opd_drops", "counter", OWNER, "Packets dropped in the OPD's queues (all its classes)."),
+    _spec("satupintu_opd_backlog_bytes", "gauge", OWNER, "Bytes queued in the OPD's queues (all its classes): demand."),
+    _spec("satupintu_opd_overlimits", "counter", OWNER,
+          "Times the OPD's class hit its ceiling or found no one to borrow from (HTB overlimits)."),
     _spec("satupintu_opd_guaranteed_bps", "gauge", OWNER, "Configured guarantee in force (after scale)."),
     _spec("satupintu_opd_ceiling_bps", "gauge", OWNER, "Configured ceiling in force (after scale)."),
     _spec("satupintu_opd_borrowed", "counter", OWNER, "Times the OPD's classes borrowed above their rate (HTB)."),
@@ -47,7 +51,11 @@ METRICS: tuple[MetricSpec, ...] = (
     _spec("satupintu_uplink_capacity_bps", "gauge", "direction,port", "Shaped capacity of the bottleneck port."),
     _spec("satupintu_uplink_bytes", "counter", "direction,port", "Bytes through the bottleneck port's HTB root."),
     _spec("satupintu_uplink_drops", "counter", "direction,port", "Drops on the bottleneck port's HTB root."),
-    _spec("satupintu_switch_connected", "gauge", "switch", "1 while the switch is connected over OpenFlow."),
+    _spec("satupintu_uplink_shaped", "gauge", "direction,port",
+          "1 while the port's HTB tree is applied, 0 when the last attempt failed (retried every second)."),
+    _spec("satupintu_switch_connected", "gauge", "switch",
+          "1 while the switch is connected over OpenFlow; 0 for a switch of the topology that is not."),
+    _spec("satupintu_switch_in_sync", "gauge", "switch", "1 when the switch's flows and meters match the policy."),
     _spec("satupintu_switch_flows", "gauge", "switch", "Flows installed by this controller on the switch."),
     _spec("satupintu_switch_meters", "gauge", "switch", "Meters installed on the switch."),
     _spec("satupintu_switch_openflow_errors", "counter", "switch", "OpenFlow error messages from the switch."),
@@ -55,7 +63,11 @@ METRICS: tuple[MetricSpec, ...] = (
     _spec("satupintu_policy", "info", "sha256,file,window", "The enforced policy file, its hash and window."),
     _spec("satupintu_policy_reloads", "counter", "result", "Policy reloads by result (ok, failed)."),
     _spec("satupintu_policy_last_good_reload_timestamp_seconds", "gauge", "", "Unix time of the last good reload."),
+    _spec("satupintu_policy_last_reload_success", "gauge", "",
+          "1 when the last reload attempt applied, 0 when it was rejected (the previous policy stays)."),
+    _spec("satupintu_schedule_window", "info", "window", "The schedule window in force ('base' outside windows)."),
     _spec("satupintu_scale", "gauge", "", "Rate multiplier in force (1 in production, 0.01 in emulation)."),
+    _spec("satupintu_collect_duration_seconds", "gauge", "", "Time this scrape took to read tc and switch state."),
 )
 SPECS = {spec.name: spec for spec in METRICS}
 
@@ -80,6 +92,7 @@ class Metrics:
         self.topology: Any = None
         self._lock = threading.Lock()
         self.registry.register(self)
+        ProcessCollector(registry=self.registry)  # process_cpu_seconds_total, process_resident_memory_bytes, ...
 
     def serve(self, host: str, port: int) -> None:
         start_http_server(port, addr=host, registry=self.registry)
@@ -89,13 +102,14 @@ class Metrics:
 
     def collect(self) -> Iterator[Metric]:
         with self._lock:
+            started = time.perf_counter()
             families = {spec.name: _family(spec.name) for spec in METRICS}
-            try:
-                self._collect_policy(families)
-                self._collect_queues(families)
-                self._collect_switches(families)
-            except Exception:  # a scrape must never take the daemon down
-                log.exception("metrics collection failed")
+            for part in (self._collect_policy, self._collect_queues, self._collect_switches):
+                try:
+                    part(families)
+                except Exception:  # a scrape must never take the daemon down, nor one part the others
+                    log.exception("metrics collection (%s) failed", part.__name__)
+            families["satupintu_collect_duration_seconds"].add_metric([], time.perf_counter() - started)
             yield from families.values()
 
     def _collect_policy(self, families: dict[str, Metric]) -> None:
@@ -109,6 +123,8 @@ class Metrics:
         families["satupintu_policy_reloads"].add_metric(["ok"], status.reloads_ok)
         families["satupintu_policy_reloads"].add_metric(["failed"], status.reloads_failed)
         families["satupintu_policy_last_good_reload_timestamp_seconds"].add_metric([], status.last_good_reload)
+        families["satupintu_policy_last_reload_success"].add_metric([], 0 if status.last and not status.last.ok else 1)
+        families["satupintu_schedule_window"].add_metric([], {"window": status.window})
         families["satupintu_scale"].add_metric([], enforcer.scale)
 
     def _collect_queues(self, families: dict[str, Metric]) -> None:
@@ -121,13 +137,21 @@ class Metrics:
         class_names = {klass.id: klass.name for klass in policy.classes}
         for plan in enforcer.desired.queues:
             direction = plan.direction.value if isinstance(plan.direction, Direction) else str(plan.direction)
-            stats = shaper.read_stats(plan.port)
             families["satupintu_uplink_capacity_bps"].add_metric([direction, plan.port], plan.capacity_bps)
+            applied = enforcer.status.queues_applied.get(plan.port)
+            shaped = applied is not None and "error" not in applied
+            families["satupintu_uplink_shaped"].add_metric([direction, plan.port], 1 if shaped else 0)
+            try:
+                stats = shaper.read_stats(plan.port)
+            except Exception as error:  # port gone: its gauges above still tell the story
+                log.warning("cannot read tc counters of %s: %s", plan.port, error)
+                continue
             root = stats.get(ROOT_MINOR)
             if root is not None:
                 families["satupintu_uplink_bytes"].add_metric([direction, plan.port], root.bytes)
                 families["satupintu_uplink_drops"].add_metric([direction, plan.port], root.drops)
             drops_by_owner: dict[int, int] = {}
+            backlog_by_owner: dict[int, int] = {}
             owner_labels: dict[int, list[str]] = {}
             for klass in plan.classes:
                 if klass.minor == ROOT_MINOR:
@@ -146,8 +170,10 @@ class Metrics:
                         families["satupintu_opd_packets"].add_metric(labels, entry.packets)
                         families["satupintu_opd_borrowed"].add_metric(labels, entry.borrows)
                         families["satupintu_opd_lent"].add_metric(labels, entry.lends)
+                        families["satupintu_opd_overlimits"].add_metric(labels, entry.overlimits)
                 if entry is not None and klass.is_leaf:
                     drops_by_owner[owner] = drops_by_owner.get(owner, 0) + entry.drops
+                    backlog_by_owner[owner] = backlog_by_owner.get(owner, 0) + entry.backlog_bytes
                     if klass.class_id:
                         leaf = [*labels, class_names.get(klass.class_id, str(klass.class_id))]
                         families["satupintu_class_bytes"].add_metric(leaf, entry.bytes)
@@ -157,12 +183,18 @@ class Metrics:
             for owner, drops in drops_by_owner.items():
                 if owner in owner_labels:
                     families["satupintu_opd_drops"].add_metric(owner_labels[owner], drops)
+                    families["satupintu_opd_backlog_bytes"].add_metric(owner_labels[owner], backlog_by_owner[owner])
 
     def _collect_switches(self, families: dict[str, Metric]) -> None:
         if self.driver is None:
             return
-        for name, status in sorted(self.driver.switch_status().items()):
+        statuses = self.driver.switch_status()
+        desired = getattr(self.enforcer, "desired", None)
+        for plan in desired.switches if desired is not None else ():
+            statuses.setdefault(plan.name, {})  # planned but never connected: reported as down
+        for name, status in sorted(statuses.items()):
             families["satupintu_switch_connected"].add_metric([name], 1 if status.get("connected") else 0)
+            families["satupintu_switch_in_sync"].add_metric([name], 1 if status.get("in_sync") else 0)
             families["satupintu_switch_flows"].add_metric([name], status.get("flows", 0))
             families["satupintu_switch_meters"].add_metric([name], status.get("meters", 0))
             families["satupintu_switch_openflow_errors"].add_metric([name], status.get("errors", 0))
