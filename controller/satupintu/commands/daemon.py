@@ -11,8 +11,14 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from satupintu.commands.environment import defaults_from_environment, report_environment_errors
 from satupintu.policy.errors import PolicyError
+
+if TYPE_CHECKING:
+    from satupintu.drivers.systemd_notify import SystemdNotifier
+    from satupintu.enforcer import Enforcer
 
 log = logging.getLogger("satupintu.daemon")
 
@@ -42,11 +48,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--no-watch", action="store_true", help="do not reload when the policy file changes")
     run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     run.set_defaults(handler=cmd_run)
+    defaults_from_environment(run)
     reload = subparsers.add_parser("reload", help="ask the running daemon to reload its policy (SIGHUP)")
     reload.add_argument("--pid-file", default=DEFAULT_PID_FILE)
     reload.add_argument("--status-file", default=DEFAULT_STATUS_FILE)
+    reload.add_argument("--pid", type=int, default=None,
+                        help="signal this process instead of the one in --pid-file (systemd: $MAINPID)")
     reload.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the outcome")
     reload.set_defaults(handler=cmd_reload)
+    defaults_from_environment(reload)
 
 
 def split_address(text: str, option: str) -> tuple[str, int]:
@@ -77,6 +87,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from satupintu.commands.policy import load_or_report
     from satupintu.topology import load_topology
 
+    if report_environment_errors(args):
+        return 2
     if load_or_report(args.policy) is None:
         return 2
     try:
@@ -92,6 +104,13 @@ def cmd_run(args: argparse.Namespace) -> int:
             print("satupintu: TLS needs --tls-key, --tls-cert and --tls-ca together", file=sys.stderr)
             return 2
         tls = {"key": args.tls_key, "cert": args.tls_cert, "ca": args.tls_ca}
+        from satupintu.drivers.tls import TlsConfigError, server_context
+
+        try:
+            server_context(args.tls_key, args.tls_cert, args.tls_ca)  # before anything starts: a clear error
+        except TlsConfigError as error:
+            print(f"satupintu: {error}", file=sys.stderr)
+            return 2
     elif not _is_loopback(of_host) and not args.allow_plain_tcp:
         print(f"satupintu: refusing plain-TCP OpenFlow on {of_host}: configure --tls-key/--tls-cert/--tls-ca "
               "or pass --allow-plain-tcp", file=sys.stderr)
@@ -108,12 +127,14 @@ class Daemon:
 
     def run(self) -> int:
         from satupintu.drivers.openflow import run_controller
+        from satupintu.drivers.systemd_notify import SystemdNotifier
         from satupintu.drivers.tc import TcShaper
         from satupintu.enforcer import Enforcer
         from satupintu.metrics.exporter import Metrics
 
         args = self.args
         signals = _Signals()
+        notifier = SystemdNotifier()
         for path in (args.pid_file, args.status_file):
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(args.pid_file).write_text(f"{os.getpid()}\n")
@@ -129,29 +150,66 @@ class Daemon:
                             status_file=args.status_file)
         metrics.attach(enforcer, driver, shaper, self.topology)
         enforcer.reload("startup")
+        # Ready once listening with the policy compiled and handed to the drivers: switches
+        # connect (and get their flows) whenever they come, which may be long after.
+        notifier.ready(_status_line(enforcer, driver.switch_status()))
         next_stats = 0.0
         try:
-            while not signals.stop.wait(POLL_SECONDS):
+            # The watchdog is fed from this loop only: if a reload, a driver call or a file read
+            # wedges it, WATCHDOG=1 stops and systemd restarts the service.
+            while not signals.stop.wait(_wait_s(notifier)):
+                notifier.watchdog()
                 if signals.reload.is_set():
                     signals.reload.clear()
-                    enforcer.reload("SIGHUP")
+                    self._reload(enforcer, notifier, "SIGHUP")
                 elif not args.no_watch and enforcer.file_changed():
-                    enforcer.reload("file changed")
+                    self._reload(enforcer, notifier, "file changed")
                 enforcer.check_schedule()
                 if time.monotonic() >= next_stats:
                     next_stats = time.monotonic() + 1.0
                     if enforcer.queues_failed():
                         enforcer.reapply_queues()
-                    enforcer.write_status({"switches": driver.switch_status()})
+                    switches = driver.switch_status()
+                    enforcer.write_status({"switches": switches})
+                    notifier.status(_status_line(enforcer, switches))
         finally:
+            notifier.stopping()
             log.info("stopping; flows and queues stay in place (switches run fail_mode=secure)")
             Path(args.pid_file).unlink(missing_ok=True)
         return 0
 
+    @staticmethod
+    def _reload(enforcer: Enforcer, notifier: SystemdNotifier, reason: str) -> None:
+        notifier.reloading()
+        enforcer.reload(reason)
+        notifier.ready(_status_line(enforcer, None))
+
+
+def _wait_s(notifier: SystemdNotifier) -> float:
+    due = notifier.watchdog_due_in()
+    return POLL_SECONDS if due is None else min(POLL_SECONDS, due)
+
+
+def _status_line(enforcer: Enforcer, switches: dict | None) -> str:
+    """One line for `systemctl status`: what is enforced and whether the switches follow."""
+    status = enforcer.status
+    text = f"policy generation {status.generation} ({status.policy_sha256[:12]}), window {status.window}"
+    if status.last is not None and not status.last.ok:
+        text += f"; last reload REJECTED ({len(status.last.messages)} errors, old policy stays)"
+    if switches is not None:
+        expected = len(enforcer.desired.switches) if enforcer.desired else len(switches)
+        in_sync = sum(1 for entry in switches.values() if entry.get("connected") and entry.get("in_sync"))
+        text += f"; switches in sync {in_sync}/{expected}"
+    if enforcer.queues_failed():
+        text += "; some tc ports not shaped yet"
+    return text
+
 
 def cmd_reload(args: argparse.Namespace) -> int:
+    if report_environment_errors(args):
+        return 2
     try:
-        pid = int(Path(args.pid_file).read_text().strip())
+        pid = args.pid or int(Path(args.pid_file).read_text().strip())
     except (OSError, ValueError) as error:
         print(f"satupintu: cannot read pid file {args.pid_file}: {error}", file=sys.stderr)
         return 1
