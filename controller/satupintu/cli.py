@@ -16,7 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     policy_commands.add_parser(subparsers)
-    for name in ("daemon", "emulation", "observe", "status"):
+    for name in ("daemon", "emulation", "observe", "status", "report"):
         module = _optional_module(name)
         if module is not None:
             module.add_parser(subparsers)
