@@ -1,10 +1,11 @@
 # Run as root on Debian bookworm: `sudo make demo`, `sudo make test`.
+# `sudo make install`: the service (user, /opt/satupintu, /etc/satupintu, systemd unit); see docs/operator-guide.md.
 # Every target that needs the machine runs scripts/setup.sh first (idempotent, seconds when done).
 VENV := .venv
 PY := $(VENV)/bin/python
 LINT_PATHS := controller tests benchmarks
 
-.PHONY: setup test demo lint
+.PHONY: setup test demo lint install
 
 setup:
 	bash scripts/setup.sh
@@ -19,3 +20,7 @@ demo: setup
 lint:
 	@test -x $(VENV)/bin/ruff || { echo "no $(VENV): run 'sudo make setup' first" >&2; exit 1; }
 	$(VENV)/bin/ruff check $(LINT_PATHS)
+
+# DESTDIR=/tmp/root lays it out under /tmp/root instead (tests, inspection).
+install:
+	bash scripts/install.sh

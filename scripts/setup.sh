@@ -18,6 +18,7 @@ APT_PACKAGES=(
     ethtool              # offloads off on every veth: the userspace datapath needs it
     iproute2             # ip, tc
     prometheus           # promtool, to check the exporter's output
+    systemd              # systemd-analyze verify/security (unit tests), systemd-sysusers (install.sh)
     python3
     python3-venv
     make
@@ -72,7 +73,8 @@ if ((${#missing[@]})); then
         run "apt-get install ${missing[*]}" apt-get install -y --no-install-recommends "${missing[@]}"
     fi
 fi
-for tool in ovs-vsctl ovsdb-server ovs-vswitchd mnexec iperf3 ping ethtool ip tc promtool; do
+for tool in ovs-vsctl ovsdb-server ovs-vswitchd mnexec iperf3 ping ethtool ip tc promtool systemd-analyze \
+    systemd-sysusers setpriv; do
     command -v "$tool" >/dev/null || die "$tool not found after installing the Debian packages"
 done
 
