@@ -18,11 +18,13 @@ OSKEN_HUB_TYPE=eventlet). Public methods may be called from any thread.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
 import signal
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -39,6 +41,9 @@ from os_ken.ofproto import ofproto_v1_3
 
 from satupintu.compile.plan import COOKIE_TAG, COOKIE_TAG_MASK, Direction, FlowSpec, MeterSpec, SwitchPlan
 from satupintu.drivers import ofmsgs
+from satupintu.drivers.tls import TlsConfigError
+from satupintu.drivers.tls import accept as tls_accept
+from satupintu.drivers.tls import server_context as tls_server_context
 from satupintu.reconcile.flows import SwitchDiff, diff_switch, is_ours
 
 log = logging.getLogger("satupintu.openflow")
@@ -526,6 +531,7 @@ _start_lock = threading.Lock()
 
 def _configure(listen_host: str, listen_port: int, tls: dict | None) -> None:
     from os_ken import cfg
+    from os_ken.controller import controller as os_ken_controller
 
     conf = cfg.CONF
     conf(args=[], project="os_ken")
@@ -535,16 +541,34 @@ def _configure(listen_host: str, listen_port: int, tls: dict | None) -> None:
         cert = tls.get("ctl_cert") or tls.get("cert")
         ca = tls.get("ca_certs") or tls.get("ca")
         if not (key and cert):
-            raise ValueError("TLS needs a private key and a certificate (ctl_privkey/key, ctl_cert/cert)")
+            raise TlsConfigError("TLS needs a private key and a certificate (ctl_privkey/key, ctl_cert/cert)")
+        context = tls_server_context(key, cert, ca)  # a bad file fails here, not silently in os-ken's listener
+        if ca is None:
+            log.warning("OpenFlow TLS without a CA: switch certificates are not checked")
         conf.set_override("ctl_privkey", key)
         conf.set_override("ctl_cert", cert)
         conf.set_override("ca_certs", ca)  # None: switch certificates are not checked
         conf.set_override("ofp_ssl_listen_port", listen_port)
         conf.set_override("ofp_tcp_listen_port", listen_port)  # unused with TLS; set so os-ken opens no 6633
+        os_ken_controller.StreamServer = _tls_stream_server(context)
     else:
         conf.set_override("ctl_privkey", None)
         conf.set_override("ctl_cert", None)
         conf.set_override("ofp_tcp_listen_port", listen_port)
+        os_ken_controller.StreamServer = hub.StreamServer
+
+
+def _tls_stream_server(context: ssl.SSLContext) -> type:
+    """os-ken's listener with our handshake (satupintu.drivers.tls says why) in place of its own."""
+
+    class TlsStreamServer(hub.StreamServer):
+        def __init__(self, listen_info: Any, handle: Any = None, backlog: Any = None, spawn: str = "default",
+                     **ssl_args: Any) -> None:
+            super().__init__(listen_info, handle, backlog, spawn)  # a plain listener ...
+            if ssl_args:  # ... that does the TLS handshake our way
+                self.handle = functools.partial(tls_accept, context, handle)
+
+    return TlsStreamServer
 
 
 def _check_bindable(host: str, port: int) -> None:
@@ -663,7 +687,11 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGHUP, lambda *_: reload.set())
     options = {"retry_s": 2.0, "verify_on_change": not args.no_verify_on_change}
-    driver = run_controller(options, listen_host=host.strip("[]"), listen_port=int(port), tls=tls)
+    try:
+        driver = run_controller(options, listen_host=host.strip("[]"), listen_port=int(port), tls=tls)
+    except (TlsConfigError, OSError) as error:
+        print(f"{parser.prog}: {error}", file=sys.stderr)
+        return 2
 
     def publish(record: ReconcileRecord | None = None) -> None:
         with lock:
