@@ -122,16 +122,15 @@ def _forward_owner(owner: Opd | WifiPool, topology: Topology, switch: str, deny_
     output: tuple[tuple, ...] = ((("meter", meter.meter_id),) if meter else ()) + (("output", port),)
     for prefix in owner.prefixes:
         length = network(prefix).prefixlen
-        if ":" in prefix:
-            yield FlowSpec(TABLE_FORWARD, 100 + length, _match(eth_type=ETH_IPV6, ipv6_dst=_addr(prefix)),
-                           output, cookie)
-            continue
-        yield FlowSpec(TABLE_FORWARD, 100 + length, _match(eth_type=ETH_IP, ipv4_dst=_addr(prefix)), output, cookie)
-        yield FlowSpec(TABLE_FORWARD, 100 + length, _match(eth_type=ETH_ARP, arp_tpa=_addr(prefix)),
-                       (("output", port),), cookie)
-        if deny_inter_opd:
-            yield FlowSpec(TABLE_FORWARD, 300 + length,
-                           _match(eth_type=ETH_IP, ipv4_dst=_addr(prefix), metadata=(META_UPLOAD, META_MASK)),
+        v6 = ":" in prefix
+        destination = {"eth_type": ETH_IPV6, "ipv6_dst": _addr(prefix)} if v6 else \
+            {"eth_type": ETH_IP, "ipv4_dst": _addr(prefix)}
+        yield FlowSpec(TABLE_FORWARD, 100 + length, _match(**destination), output, cookie)
+        if not v6:
+            yield FlowSpec(TABLE_FORWARD, 100 + length, _match(eth_type=ETH_ARP, arp_tpa=_addr(prefix)),
+                           (("output", port),), cookie)
+        if deny_inter_opd:  # uploads (from an OPD or Wi-Fi port) to another owner, over IPv4 and IPv6 alike
+            yield FlowSpec(TABLE_FORWARD, 300 + length, _match(metadata=(META_UPLOAD, META_MASK), **destination),
                            (("drop",),), cookie)
 
 
