@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE = 0, 1, 2
 SORT_BY_KEY = {"r": "rate", "u": "util", "n": "name", "d": "drops"}
+PIPE_WIDTH = 132
 HEADER_LINES = 10  # header, table head and hints: what is left of the terminal is for rows
 
 
@@ -83,7 +84,8 @@ def _print_once(args: argparse.Namespace, report: StatusReport, directions: tupl
 
     from satupintu.status.view import render
 
-    Console().print(render(report, args.metrics_url, args.sort, directions, args.top or None))
+    console = Console() if sys.stdout.isatty() else Console(width=PIPE_WIDTH)  # a pipe gets every column
+    console.print(render(report, args.metrics_url, args.sort, directions, args.top or None))
     return EXIT_OK
 
 

@@ -66,9 +66,9 @@ def _header(report: StatusReport, metrics_url: str, sort: str) -> Table:
                            f"{policy.window or '-'}, scale {policy.scale if policy.scale is not None else '-'}"
                            + (f", {policy.reloads_failed} failed reloads" if policy.reloads_failed else ""))
     for row in report.uplinks:
-        line = Text(f"{format_bps(row.rate_bps)} of {format_bps(row.capacity_bps)} "
-                    f"({_percent(row.utilisation)}) on {row.port}, {row.drops or 0:.0f} drops  ")
-        line.append_text(usage_bar(row.rate_bps, None, row.capacity_bps))
+        line = usage_bar(row.rate_bps, None, row.capacity_bps)
+        line.append(f"  {format_bps(row.rate_bps)} of {format_bps(row.capacity_bps)} "
+                    f"({_percent(row.utilisation)}) on {row.port}, {row.drops or 0:.0f} drops")
         grid.add_row(f"uplink {ARROWS.get(row.direction, row.direction)}", line)
     grid.add_row("source", f"{metrics_url}, rates over {report.interval_s:.1f} s, sorted by {sort}")
     return grid
