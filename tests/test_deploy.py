@@ -12,6 +12,7 @@ import os
 import shutil
 import stat
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -197,9 +198,21 @@ def test_unit_is_what_the_issue_asks_for() -> None:
 # ---------------------------------------------------------------- least privilege, for real
 
 
+# MemoryDenyWriteExecute=yes, the kernel's way (Linux >= 6.3): no writable+executable memory,
+# inherited across exec. systemd uses a seccomp filter to the same effect.
+_MDWE_EXEC = """
+import ctypes, os, sys
+PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN = 65, 1
+if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN, 0, 0, 0) != 0:
+    print("MemoryDenyWriteExecute not available in this kernel: not applied", file=sys.stderr)
+os.execvp(sys.argv[1], sys.argv[1:])
+"""
+
+
 def _run_as_service(destdir: Path, netns: str, workdir: Path, capabilities: str) -> dict:
     """Start ExecStart as the unit's User= with `capabilities` (setpriv) in `netns`, its
-    environment from the installed EnvironmentFile; return status.json once both ports report."""
+    environment from the installed EnvironmentFile (and its MemoryDenyWriteExecute); return
+    status.json once both ports report."""
     unit = unit_settings((destdir / UNIT.lstrip("/")).read_text())
     uid, gid = _service_ids(destdir)
     env = environment_file(destdir / CONF / "satupintu.env")
@@ -210,7 +223,8 @@ def _run_as_service(destdir: Path, netns: str, workdir: Path, capabilities: str)
             "SATUPINTU_STATUS_FILE": str(workdir / "status.json")}
     exec_start = unit["ExecStart"][0].split()
     exec_start[0] = str(destdir) + exec_start[0]
-    argv = ["ip", "netns", "exec", netns, "setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups",
+    mdwe = [sys.executable, "-c", _MDWE_EXEC] if unit.get("MemoryDenyWriteExecute") == ["yes"] else []
+    argv = ["ip", "netns", "exec", netns, *mdwe, "setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups",
             f"--inh-caps=-all{capabilities}", f"--ambient-caps=-all{capabilities}",
             f"--bounding-set=-all{capabilities}", "--no-new-privs", "env", "-i",
             *(f"{key}={value}" for key, value in env.items()), *exec_start]
