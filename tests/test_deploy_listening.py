@@ -1,0 +1,61 @@
+"""Listening surfaces: with its defaults the daemon listens on exactly two TCP ports, OpenFlow
+6653 and metrics 9733, both on loopback, and nothing else (no UDP, no other TCP). Run in a
+network namespace of our own, so the default ports cannot clash with anything on the machine
+and every socket in it is the daemon's."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from satupintu.commands.daemon import DEFAULT_METRICS, DEFAULT_OPENFLOW
+
+REPO = Path(__file__).resolve().parents[1]
+TOPOLOGY = """\
+name: listen-test
+switches:
+  - {name: dlgw, dpid: 911}
+  - {name: dlcore, dpid: 912}
+links:
+  - {a: dlgw, a_port: 1, b: dlcore, b_port: 1}
+upstream: {switch: dlgw, port: 2, backbone_port: 1}
+attach:
+  - {switch: dlcore, owners: "1-3,900"}
+"""
+
+
+def _sockets(netns: str) -> list[tuple[str, str]]:
+    """(netid, local address) of every listening TCP and every UDP socket in the namespace."""
+    out = subprocess.run(["ip", "netns", "exec", netns, "ss", "-H", "-lntu"], capture_output=True, text=True,
+                         check=True, timeout=15).stdout
+    return sorted((fields[0], fields[4]) for fields in (line.split() for line in out.splitlines()) if fields)
+
+
+@pytest.mark.netns
+@pytest.mark.parametrize("extra", [[], ["--metrics-listen", "off"]], ids=["defaults", "metrics-off"])
+def test_daemon_listens_only_on_loopback_openflow_and_metrics(tmp_path: Path, netns_factory, extra: list[str]) -> None:
+    netns = netns_factory("listen")
+    subprocess.run(["ip", "-n", netns, "link", "set", "lo", "up"], check=True, timeout=15)
+    (tmp_path / "topology.yaml").write_text(TOPOLOGY)
+    status_file = tmp_path / "status.json"
+    daemon = subprocess.Popen(
+        ["ip", "netns", "exec", netns, sys.executable, "-m", "satupintu.cli", "run",
+         "--policy", str(REPO / "policies" / "minimal.yaml"), "--topology", str(tmp_path / "topology.yaml"),
+         "--pid-file", str(tmp_path / "pid"), "--status-file", str(status_file), *extra],
+        stdout=subprocess.DEVNULL, stderr=(tmp_path / "daemon.log").open("w"))
+    try:
+        deadline = time.monotonic() + 30
+        while not (status_file.exists() and json.loads(status_file.read_text()).get("generation")):
+            assert daemon.poll() is None and time.monotonic() < deadline, (tmp_path / "daemon.log").read_text()
+            time.sleep(0.1)
+        expected = [("tcp", DEFAULT_OPENFLOW)] + ([] if extra else [("tcp", DEFAULT_METRICS)])
+        assert DEFAULT_OPENFLOW == "127.0.0.1:6653" and DEFAULT_METRICS == "127.0.0.1:9733"
+        assert _sockets(netns) == sorted(expected)
+    finally:
+        daemon.terminate()
+        daemon.wait(timeout=20)
