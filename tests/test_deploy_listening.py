@@ -1,11 +1,12 @@
 """Listening surfaces: with its defaults the daemon listens on exactly two TCP ports, OpenFlow
 6653 and metrics 9733, both on loopback, and nothing else (no UDP, no other TCP). Run in a
 network namespace of our own, so the default ports cannot clash with anything on the machine
-and every socket in it is the daemon's."""
+and every socket in it is the daemon's. A port already taken is a one-line error."""
 
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import time
@@ -59,3 +60,24 @@ def test_daemon_listens_only_on_loopback_openflow_and_metrics(tmp_path: Path, ne
     finally:
         daemon.terminate()
         daemon.wait(timeout=20)
+
+
+@pytest.mark.parametrize("taken", ["openflow", "metrics"])
+def test_port_in_use_is_a_clear_error_not_a_traceback(tmp_path: Path, taken: str) -> None:
+    """Exit 1 (systemd's Restart=on-failure retries: the old instance may still be stopping)."""
+    (tmp_path / "topology.yaml").write_text(TOPOLOGY)
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        busy = f"127.0.0.1:{holder.getsockname()[1]}"
+        listen = {"openflow": "127.0.0.1:6813", "metrics": "127.0.0.1:9813", taken: busy}
+        result = subprocess.run(
+            [sys.executable, "-m", "satupintu.cli", "run", "--policy", str(REPO / "policies" / "minimal.yaml"),
+             "--topology", str(tmp_path / "topology.yaml"), "--pid-file", str(tmp_path / "pid"),
+             "--status-file", str(tmp_path / "status.json"),
+             "--openflow-listen", listen["openflow"], "--metrics-listen", listen["metrics"]],
+            capture_output=True, text=True, timeout=60)
+    what = "OpenFlow" if taken == "openflow" else "metrics"
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip().endswith(f"satupintu: cannot listen for {what} on {busy}: Address already in use")
+    assert "Traceback" not in result.stderr

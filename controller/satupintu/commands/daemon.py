@@ -10,6 +10,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,8 +18,10 @@ from satupintu.commands.environment import defaults_from_environment, report_env
 from satupintu.policy.errors import PolicyError
 
 if TYPE_CHECKING:
+    from satupintu.drivers.openflow import OpenFlowDriver
     from satupintu.drivers.systemd_notify import SystemdNotifier
     from satupintu.enforcer import Enforcer
+    from satupintu.metrics.exporter import Metrics
 
 log = logging.getLogger("satupintu.daemon")
 
@@ -126,7 +129,6 @@ class Daemon:
         self.tls = tls
 
     def run(self) -> int:
-        from satupintu.drivers.openflow import run_controller
         from satupintu.drivers.systemd_notify import SystemdNotifier
         from satupintu.drivers.tc import TcShaper
         from satupintu.enforcer import Enforcer
@@ -135,15 +137,13 @@ class Daemon:
         args = self.args
         signals = _Signals()
         notifier = SystemdNotifier()
-        for path in (args.pid_file, args.status_file):
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.pid_file).write_text(f"{os.getpid()}\n")
         metrics = Metrics()
-        if args.metrics_listen != "off":
-            host, port = split_address(args.metrics_listen, "--metrics-listen")
-            metrics.serve(host, port)
-            log.info("metrics on http://%s:%d/metrics", host, port)
-        driver = run_controller({}, listen_host=self.openflow[0], listen_port=self.openflow[1], tls=self.tls)
+        try:
+            driver = self._start(metrics)
+        except OSError as error:
+            # Exit 1, not 2: a port still held by a stopping instance is worth a restart.
+            print(f"satupintu: {error.strerror}", file=sys.stderr)
+            return 1
         log.info("OpenFlow listening on %s:%d%s", *self.openflow, " (TLS)" if self.tls else "")
         shaper = TcShaper()
         enforcer = Enforcer(args.policy, self.topology, driver, shaper, scale=args.scale,
@@ -178,11 +178,34 @@ class Daemon:
             Path(args.pid_file).unlink(missing_ok=True)
         return 0
 
+    def _start(self, metrics: Metrics) -> OpenFlowDriver:
+        """Pid file, metrics listener, OpenFlow listener; an OSError says which one failed."""
+        from satupintu.drivers.openflow import run_controller
+
+        args = self.args
+        for path in (args.pid_file, args.status_file):
+            _or_explain(lambda path=path: Path(path).parent.mkdir(parents=True, exist_ok=True),
+                        f"cannot create the directory of {path}")
+        _or_explain(lambda: Path(args.pid_file).write_text(f"{os.getpid()}\n"),
+                    f"cannot write the pid file {args.pid_file}")
+        if args.metrics_listen != "off":
+            host, port = split_address(args.metrics_listen, "--metrics-listen")
+            _or_explain(lambda: metrics.serve(host, port), f"cannot listen for metrics on {host}:{port}")
+            log.info("metrics on http://%s:%d/metrics", host, port)
+        return run_controller({}, listen_host=self.openflow[0], listen_port=self.openflow[1], tls=self.tls)
+
     @staticmethod
     def _reload(enforcer: Enforcer, notifier: SystemdNotifier, reason: str) -> None:
         notifier.reloading()
         enforcer.reload(reason)
         notifier.ready(_status_line(enforcer, None))
+
+
+def _or_explain(action: Callable[[], object], what: str) -> None:
+    try:
+        action()
+    except OSError as error:
+        raise OSError(error.errno, f"{what}: {error.strerror}") from None
 
 
 def _wait_s(notifier: SystemdNotifier) -> float:
