@@ -15,19 +15,9 @@ from pathlib import Path
 import pytest
 
 from satupintu.commands.daemon import DEFAULT_METRICS, DEFAULT_OPENFLOW
+from test_systemd_notify import TOPOLOGY  # switches that never connect, gateway ports that do not exist
 
 REPO = Path(__file__).resolve().parents[1]
-TOPOLOGY = """\
-name: listen-test
-switches:
-  - {name: dlgw, dpid: 911}
-  - {name: dlcore, dpid: 912}
-links:
-  - {a: dlgw, a_port: 1, b: dlcore, b_port: 1}
-upstream: {switch: dlgw, port: 2, backbone_port: 1}
-attach:
-  - {switch: dlcore, owners: "1-3,900"}
-"""
 
 
 def _sockets(netns: str) -> list[tuple[str, str]]:
