@@ -196,7 +196,8 @@ def _reload(tmp_path: Path, pid: int) -> subprocess.CompletedProcess[str]:
 def test_daemon_notifies_ready_watchdog_reloads_and_stopping(
         tmp_path: Path, notify_socket: tuple[str, NotifySocket]) -> None:
     path, listener = notify_socket
-    daemon = _start_daemon(tmp_path, path, 2_000_000, SATUPINTU_NO_WATCH="yes")
+    # JOURNAL_STREAM: systemd connected stderr to the journal.
+    daemon = _start_daemon(tmp_path, path, 2_000_000, SATUPINTU_NO_WATCH="yes", JOURNAL_STREAM="8:12345")
     try:
         ready = listener.wait_for(lambda m: m.get("READY") == "1")
         status = listener.since(ready)[0][1]["STATUS"]
@@ -232,6 +233,11 @@ def test_daemon_notifies_ready_watchdog_reloads_and_stopping(
         mark = listener.count()
         assert _stop(daemon) == 0
         listener.wait_for(lambda m: m.get("STOPPING") == "1", after=mark, timeout=5)
+        # For the journal: syslog priority prefixes (journalctl -p), no second timestamp.
+        log = (tmp_path / "daemon.log").read_text().splitlines()
+        assert "<6>INFO satupintu.daemon: OpenFlow listening on 127.0.0.1:6813" in log, log[:20]
+        assert any(line.startswith("<4>WARNING satupintu.enforcer: cannot shape dngw-eth") for line in log), log
+        assert any(line.startswith("<3>ERROR satupintu.enforcer: policy reload (SIGHUP) rejected") for line in log)
     finally:
         _stop(daemon)
 
