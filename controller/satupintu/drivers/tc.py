@@ -29,8 +29,9 @@ import itertools
 import os
 import socket
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from pyroute2 import IPRoute
 from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST
@@ -478,8 +479,11 @@ class _Port:
             yield msg_type, flags, seq, data[pos + _NLMSGHDR.size:pos + length]
             pos += (length + 3) & ~3
 
-    def dump(self, msg_type: int, parent: int = 0) -> list[_TcEntry]:
-        """All qdiscs / classes / filters (under `parent`) of this interface."""
+    def dump(self, msg_type: int, parent: int = 0,
+             decode: Callable[[bytes], tuple[int, Any]] | None = None) -> list[Any]:
+        """All qdiscs / classes / filters (under `parent`) of this interface, as `_TcEntry`s
+        or as whatever `decode(payload) -> (ifindex, item)` makes of them (None: skipped)."""
+        decode = decode or _entry
         self.flush()
         for _attempt in range(5):
             if self.report is not None:
@@ -487,7 +491,7 @@ class _Port:
             seq = next(self.seq)
             self.sock.sendto(self._message(msg_type, NLM_F_REQUEST | NLM_F_DUMP, seq, 0, parent, 0, None, None),
                              (0, 0))
-            entries: list[_TcEntry] = []
+            entries: list[Any] = []
             interrupted = False
             done = False
             while not done:
@@ -501,8 +505,8 @@ class _Port:
                         code = -struct.unpack_from("=i", payload)[0]
                         raise TcError(f"{self.name}: dump: {_ack_text(code, flags, payload)}")
                     elif reply_type == msg_type - 2:  # RTM_GETx is answered with RTM_NEWx
-                        ifindex, entry = _entry(payload)
-                        if ifindex == self.index:
+                        ifindex, entry = decode(payload)
+                        if ifindex == self.index and entry is not None:
                             entries.append(entry)
             if not interrupted:
                 return entries
@@ -538,6 +542,75 @@ def read_stats(port: str, netns: str | None = None) -> dict[int, ClassStats]:
     """Counters of every HTB class of `port` by minor: the source of per-OPD metrics."""
     with _open_port(netns, port) as opened:
         return _read_stats(opened)
+
+
+@dataclass(frozen=True, slots=True)
+class ClassCounters:
+    """The counters of one HTB class, without its parameters: what a metrics scrape needs."""
+
+    minor: int
+    bytes: int
+    packets: int
+    drops: int
+    overlimits: int
+    backlog_bytes: int
+    qlen: int
+    lends: int
+    borrows: int
+
+
+_NLA = struct.Struct("=HH")
+_BASIC = struct.Struct("=QI")
+_QUEUE = struct.Struct("=IIIII")
+_APP = struct.Struct("=II")
+_PKT64 = struct.Struct("=Q")
+_HTB_KIND = b"htb\0"
+
+
+def read_counters(port: str, netns: str | None = None) -> dict[int, ClassCounters]:
+    """Counters of every HTB class of `port` by minor, decoded straight from the dump (about
+    twice as fast as read_stats at 5,000 classes: the exporter reads both ports per scrape)."""
+    with _open_port(netns, port) as opened:
+        return {counters.minor: counters for counters in opened.dump(RTM_GETTCLASS, decode=_class_counters)}
+
+
+def _class_counters(payload: bytes) -> tuple[int, ClassCounters | None]:
+    _family, ifindex, handle, _parent, _info = _TCMSG.unpack_from(payload)
+    if handle >> 16 != HTB_MAJOR:
+        return ifindex, None
+    kind = b""
+    stats_start = stats_end = 0
+    pos, end = _TCMSG.size, len(payload)
+    while pos + 4 <= end:
+        length, attr = _NLA.unpack_from(payload, pos)
+        if length < 4:
+            break
+        attr &= 0x3FFF
+        if attr == TCA_KIND:
+            kind = payload[pos + 4:pos + length]
+        elif attr == TCA_STATS2:
+            stats_start, stats_end = pos + 4, pos + length
+        pos += (length + 3) & ~3
+    if not kind.startswith(_HTB_KIND):
+        return ifindex, None
+    nbytes = packets = drops = overlimits = backlog = qlen = lends = borrows = 0
+    pos = stats_start
+    while pos + 4 <= stats_end:
+        length, attr = _NLA.unpack_from(payload, pos)
+        if length < 4:
+            break
+        attr &= 0x3FFF
+        size = length - 4
+        if attr == TCA_STATS_BASIC and size >= _BASIC.size:
+            nbytes, packets = _BASIC.unpack_from(payload, pos + 4)
+        elif attr == TCA_STATS_PKT64 and size >= _PKT64.size:
+            packets = _PKT64.unpack_from(payload, pos + 4)[0]
+        elif attr == TCA_STATS_QUEUE and size >= _QUEUE.size:
+            qlen, backlog, drops, _requeues, overlimits = _QUEUE.unpack_from(payload, pos + 4)
+        elif attr == TCA_STATS_APP and size >= _APP.size:
+            lends, borrows = _APP.unpack_from(payload, pos + 4)
+        pos += (length + 3) & ~3
+    return ifindex, ClassCounters(handle & 0xFFFF, nbytes, packets, drops, overlimits, backlog, qlen, lends, borrows)
 
 
 def _read_stats(port: _Port) -> dict[int, ClassStats]:
@@ -665,6 +738,9 @@ class TcShaper:
 
     def read_stats(self, port: str, netns: str | None = None) -> dict[int, ClassStats]:
         return read_stats(port, netns)
+
+    def read_counters(self, port: str, netns: str | None = None) -> dict[int, ClassCounters]:
+        return read_counters(port, netns)
 
     def leaf_kind(self, plan: QueuePlan) -> str:
         """The leaf qdisc to use: the plan's choice when the kernel has it, else the probe's."""
