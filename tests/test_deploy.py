@@ -1,8 +1,9 @@
 """Production deployment: the systemd unit passes `systemd-analyze verify` and an offline
 security review; scripts/install.sh lays out user, venv, config and unit under a temporary
 DESTDIR (nothing on the machine changes), idempotently; the installed daemon, started the way
-the unit says (its user, only its ambient capabilities, its environment file), shapes the
-gateway ports, and cannot without CAP_NET_ADMIN. SATUPINTU_* variables configure the daemon.
+the unit says (its user, only its ambient capabilities, its environment file, a read-only file
+system but its run directory, no writable-executable memory), shapes the gateway ports, and
+cannot without CAP_NET_ADMIN. SATUPINTU_* variables configure the daemon.
 """
 
 from __future__ import annotations
@@ -209,10 +210,23 @@ os.execvp(sys.argv[1], sys.argv[1:])
 """
 
 
+# ProtectSystem=strict with RuntimeDirectory=, in a mount namespace of the daemon's own: every
+# mount read-only (kernel file systems aside) except the run directory ($1).
+_READ_ONLY_BUT_RUNDIR = """
+set -e
+findmnt -rn -o TARGET | grep -v -E '^/(proc|sys|dev)(/|$)' | while read -r target; do
+    mount -o remount,bind,ro "$target" 2>/dev/null || true
+done
+mount --bind "$1" "$1" && mount -o remount,bind,rw "$1"
+shift
+exec "$@"
+"""
+
+
 def _run_as_service(destdir: Path, netns: str, workdir: Path, capabilities: str) -> dict:
     """Start ExecStart as the unit's User= with `capabilities` (setpriv) in `netns`, its
-    environment from the installed EnvironmentFile (and its MemoryDenyWriteExecute); return
-    status.json once both ports report."""
+    environment from the installed EnvironmentFile, a read-only file system but for its run
+    directory, and MemoryDenyWriteExecute; return status.json once both ports report."""
     unit = unit_settings((destdir / UNIT.lstrip("/")).read_text())
     uid, gid = _service_ids(destdir)
     env = environment_file(destdir / CONF / "satupintu.env")
@@ -224,7 +238,11 @@ def _run_as_service(destdir: Path, netns: str, workdir: Path, capabilities: str)
     exec_start = unit["ExecStart"][0].split()
     exec_start[0] = str(destdir) + exec_start[0]
     mdwe = [sys.executable, "-c", _MDWE_EXEC] if unit.get("MemoryDenyWriteExecute") == ["yes"] else []
-    argv = ["ip", "netns", "exec", netns, *mdwe, "setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups",
+    assert unit["ProtectSystem"] == ["strict"] and unit["RuntimeDirectory"] == ["satupintu"]
+    read_only = ["unshare", "--mount", "--propagation", "private", "sh", "-c", _READ_ONLY_BUT_RUNDIR, "sh",
+                 str(workdir)]
+    argv = ["ip", "netns", "exec", netns, *read_only, *mdwe, "setpriv", f"--reuid={uid}", f"--regid={gid}",
+            "--clear-groups",
             f"--inh-caps=-all{capabilities}", f"--ambient-caps=-all{capabilities}",
             f"--bounding-set=-all{capabilities}", "--no-new-privs", "env", "-i",
             *(f"{key}={value}" for key, value in env.items()), *exec_start]
