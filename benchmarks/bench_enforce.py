@@ -1,15 +1,17 @@
 """Enforcement benchmark: switch connect -> fully enforced, one-OPD changes, controller RSS.
 
-Run (as root, Open vSwitch running): .venv/bin/python benchmarks/bench_enforce.py [--repeat 3] [--sizes 50,500]
+Run (as root, Open vSwitch running; timings need the shared lock):
+    flock /tmp/satupintu-measure.lock .venv/bin/python benchmarks/bench_enforce.py [--repeat 3] [--sizes 50,500]
+(benchmarks/run_all.py runs this and takes the lock itself.)
 
 Per size and repeat it builds a private test bed, measures, and tears it down again:
-  * OVS bridges `bgw` (dpid 0x42) and `bcore` (dpid 0x43): datapath_type=netdev,
+  * OVS bridges `mbgw` (dpid 0x42) and `mbcore` (dpid 0x43): datapath_type=netdev,
     fail_mode=secure, OpenFlow13, no controller yet;
-  * veth pairs bgw-eth1/bcore-eth1 (trunk, download shaped on bgw-eth1) and bgw-eth2/bup-eth0
-    (upstream, upload shaped on bgw-eth2). tc only needs the interfaces, so they are not
+  * veth pairs mbgw-eth1/mbcore-eth1 (trunk, download shaped on mbgw-eth1) and mbgw-eth2/mbup-eth0
+    (upstream, upload shaped on mbgw-eth2). tc only needs the interfaces, so they are not
     attached to the bridges (the flows name ports by number; OVS accepts that);
   * the OpenFlow driver as a subprocess (`python -m satupintu.drivers.openflow`) listening on
-    127.0.0.1:6953 with the compiled plans, so its RSS can be read from /proc.
+    127.0.0.1:6817 with the compiled plans, so its RSS can be read from /proc.
 
 Stages:
   1. tc full build (TcShaper.apply on both gateway ports, empty interfaces), then
@@ -17,13 +19,14 @@ Stages:
      later of the two connect reconciles' finish (their `at`, written by the driver).
      tc is applied *before* the connect, so "connect to fully enforced" is reported as
      tc build + OpenFlow sync (sequential, the conservative sum).
-  2. one OPD's download ceiling changed (tc only: OpenFlow plans stay equal, the driver
-     is told anyway (SIGHUP) and must send nothing), then one OPD's hard cap changed
-     (one meter modify on bcore; tc unchanged).
+  2. one OPD's download ceiling changed (tc only, on the changed port only, as the enforcer
+     does: OpenFlow plans stay equal, the driver is told anyway (SIGHUP) and must send
+     nothing), then one OPD's hard cap changed
+     (one meter modify on mbcore; tc unchanged).
   3. controller VmRSS / VmHWM after enforcement and after the changes.
 
-The benchmark never touches the bridges gw/core or OpenFlow ports 6653/6753 used by the
-emulation, and waits (up to 10 min) while a pytest or `satupintu.cli emulate` runs.
+Names and ports are this benchmark's own (prefix "m", OpenFlow 6817): it runs beside other
+emulations, which disturb timings unless every measurement holds the lock.
 """
 
 from __future__ import annotations
@@ -53,15 +56,14 @@ from satupintu.topology import Topology, Trunk
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = REPO / ".venv" / "bin" / "python"
-GW, CORE = "bgw", "bcore"
+GW, CORE = "mbgw", "mbcore"
 DPIDS = {GW: 0x42, CORE: 0x43}
-LISTEN = ("127.0.0.1", 6953)
-VETHS = (("bgw-eth1", "bcore-eth1"), ("bgw-eth2", "bup-eth0"))
+LISTEN = ("127.0.0.1", 6817)
+VETHS = (("mbgw-eth1", "mbcore-eth1"), ("mbgw-eth2", "mbup-eth0"))
 CAPPED_OPD = 1  # gets a hard cap (synthetic policies have none)
 CHANGED_OPD = 2  # gets its download ceiling changed
 HARD_CAP, HARD_CAP_CHANGED = "500Mbps", "400Mbps"
 CEILING_CHANGED = "900Mbps"
-BUSY_PATTERNS = ("pytest", "satupintu.cli emulate")
 
 
 def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -72,7 +74,7 @@ def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
 
 
 def bench_topology(owner_ids: list[int]) -> Topology:
-    """star_topology with private switch names: trunk bgw:1 - bcore:1, upstream on bgw:2."""
+    """star_topology with private switch names: trunk mbgw:1 - mbcore:1, upstream on mbgw:2."""
     return Topology("bench", dict(DPIDS), [Trunk(GW, 1, CORE, 1)], GW, 2, 1, "100.64.0.1",
                     {owner: CORE for owner in owner_ids})
 
@@ -105,22 +107,6 @@ def plans_of(state) -> dict:
 
 
 # ------------------------------------------------------------------ test bed
-
-
-def busy() -> bool:
-    return any(subprocess.run(["pgrep", "-f", pattern], capture_output=True).returncode == 0
-               for pattern in BUSY_PATTERNS)
-
-
-def wait_idle(limit_s: float = 600.0) -> float:
-    """Wait until no emulation test runs; returns seconds waited."""
-    started = time.monotonic()
-    while busy():
-        if time.monotonic() - started > limit_s:
-            print(f"    !! tests still running after {limit_s:.0f}s; measuring anyway", flush=True)
-            break
-        time.sleep(2)
-    return time.monotonic() - started
 
 
 def teardown() -> None:
@@ -262,21 +248,19 @@ def run_once(opd_count: int, workdir: Path, verify_on_change: bool = True) -> di
         new_plans = plans_of(changed)
         out["ceiling: OF plans changed"] = sum(new_plans[dpid] != plans[dpid] for dpid in plans)
         controller.reload(new_plans)
-        pairs = list(zip(changed.queues, state.queues, strict=True))
-        out["ceiling: tc ports changed"] = sum(new != old for new, old in pairs)
-        out["ceiling: tc s"], reports = apply_tc(changed)
+        # As the enforcer does: only ports whose QueuePlan changed are read back and updated.
+        changed_ports = [new.port for new, old in zip(changed.queues, state.queues, strict=True) if new != old]
+        out["ceiling: tc ports changed"] = len(changed_ports)
+        out["ceiling: tc s"], reports = apply_tc(changed, only=changed_ports)
         out["ceiling: tc requests"] = sum(report.requests for report in reports)
         out["ceiling: tc class changes"] = sum(report.changes for report in reports)
-        # What skipping ports whose QueuePlan did not change would save: the other port's no-op read.
-        unchanged = [new.port for new, old in pairs if new == old]
-        out["ceiling: tc no-op port s"], _ = apply_tc(changed, only=unchanged)
         time.sleep(0.5)  # give the driver time to (wrongly) reconcile
         out["ceiling: OF messages"] = sum(record["messages"] for record in controller.status()["reconciles"][2:])
         out["ceiling: OF reconciles"] = len(controller.status()["reconciles"]) - 2
         out["ceiling: total s (compile+tc)"] = out["ceiling: recompile s"] + out["ceiling: tc s"]
         seen = 2 + int(out["ceiling: OF reconciles"])
 
-        # 2b. one OPD's hard cap: one meter modify on bcore, tc unchanged.
+        # 2b. one OPD's hard cap: one meter modify on mbcore, tc unchanged.
         text = with_hard_cap(with_ceiling(synthetic_policy_text(opd_count), CEILING_CHANGED), HARD_CAP_CHANGED)
         started_compile = time.perf_counter()
         capped = compile_text(text)
@@ -284,8 +268,7 @@ def run_once(opd_count: int, workdir: Path, verify_on_change: bool = True) -> di
         capped_plans = plans_of(capped)
         signalled = time.time()
         controller.reload(capped_plans)
-        out["cap: tc s"], reports = apply_tc(capped)
-        out["cap: tc requests"] = sum(report.requests for report in reports)
+        out["cap: tc ports changed"] = sum(new != old for new, old in zip(capped.queues, changed.queues, strict=True))
         changed_switches = sum(capped_plans[dpid] != new_plans[dpid] for dpid in plans)
         history = controller.wait_records(seen + changed_switches)
         records = history[seen:]
@@ -316,18 +299,7 @@ def main() -> int:
         return 2
     with tempfile.TemporaryDirectory(prefix="bench-enforce-") as tmp:
         for size in (int(value) for value in args.sizes.split(",")):
-            runs: list[dict[str, float]] = []
-            for index in range(args.repeat):
-                for attempt in range(1, 4):  # a test that starts during a run disturbs it: run it again
-                    waited = wait_idle()
-                    if waited > 1:
-                        print(f"    (waited {waited:.0f}s for running tests before run {index + 1})", flush=True)
-                    result = run_once(size, Path(tmp), not args.no_verify_on_change)
-                    if not busy():
-                        break
-                    print(f"    (a test started during run {index + 1}, attempt {attempt}: "
-                          f"{'discarded' if attempt < 3 else 'kept'})", flush=True)
-                runs.append(result)
+            runs = [run_once(size, Path(tmp), not args.no_verify_on_change) for _ in range(args.repeat)]
             print(f"{size:>5} OPDs, {args.repeat} runs:")
             for key in runs[0]:
                 values = [run[key] for run in runs]
