@@ -19,6 +19,7 @@ APT_PACKAGES=(
     iproute2             # ip, tc
     prometheus           # promtool, to check the exporter's output
     systemd              # systemd-analyze verify/security (unit tests), systemd-sysusers (install.sh)
+    python3-seccomp      # tests run the daemon under the unit's SystemCallFilter (libseccomp)
     python3
     python3-venv
     make
