@@ -8,6 +8,7 @@ them for its run and restores what was there before (other bridges use tcp: and 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -15,6 +16,7 @@ import ssl
 import struct
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -24,7 +26,7 @@ import pytest
 
 from satupintu.compile.plan import FlowSpec, RuleKind, SwitchPlan, flow_cookie
 from satupintu.drivers.openflow import plans_to_json
-from satupintu.drivers.tls import TlsConfigError, server_context
+from satupintu.drivers.tls import TlsConfigError, accept, server_context
 
 REPO = Path(__file__).resolve().parents[1]
 TLS_PORT = 6824  # assigned to the security tests
@@ -98,6 +100,59 @@ def test_unusable_tls_files_are_named(pki: Pki, files: tuple[str, str, str], mes
     with pytest.raises(TlsConfigError) as error:
         server_context(key, cert, ca)
     assert message.format(dir=pki.dir) in str(error.value)
+
+
+def _accept_on_socketpair(pki: Pki, client: str | None, timeout_s: float = 5.0,
+                          client_speaks: bool = True) -> tuple[list[dict], float]:
+    """tls.accept on one end of a socket pair, a TLS client (or silence) on the other. Returns
+    the peer certificates of the connections handed on to os-ken and how long accept took."""
+    server_end, client_end = socket.socketpair()
+    handed: list[dict] = []
+
+    def handle(sock: ssl.SSLSocket, _address: object) -> None:
+        handed.append(sock.getpeercert())
+        sock.close()
+
+    context = server_context(pki.key("controller"), pki.cert("controller"), pki.cert("ca"))
+    started = time.monotonic()
+    thread = threading.Thread(target=accept, args=(context, handle, server_end, ("192.0.2.9", 4242), timeout_s))
+    thread.start()
+    try:
+        if client_speaks:
+            client_context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            client_context.check_hostname = False
+            client_context.load_verify_locations(pki.cert("ca"))
+            if client is not None:
+                client_context.load_cert_chain(pki.cert(client), pki.key(client))
+            try:
+                with client_context.wrap_socket(client_end) as secure:
+                    secure.sendall(OPENFLOW_HELLO)
+            except (ssl.SSLError, ConnectionError):
+                pass
+        thread.join(timeout_s + 5)
+        assert not thread.is_alive(), "accept did not return"
+        return handed, time.monotonic() - started
+    finally:
+        client_end.close()
+
+
+def test_accept_hands_on_only_authenticated_switches(pki: Pki, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="satupintu.openflow")
+    handed, _ = _accept_on_socketpair(pki, "switch")
+    assert len(handed) == 1 and handed[0]["subject"] == ((("commonName", "switch"),),)
+    assert "OpenFlow TLS connection from 192.0.2.9:4242 (TLSv1.3, CN=switch)" in caplog.text
+    for client, reason in ((None, "PEER_DID_NOT_RETURN_A_CERTIFICATE"),
+                           ("rogue-switch", "unable to get local issuer certificate")):
+        caplog.clear()
+        handed, _ = _accept_on_socketpair(pki, client)
+        assert handed == []
+        assert f"refused OpenFlow TLS connection from 192.0.2.9:4242: {reason}" in caplog.text
+
+
+def test_accept_drops_a_peer_that_never_says_anything(pki: Pki, caplog: pytest.LogCaptureFixture) -> None:
+    handed, took_s = _accept_on_socketpair(pki, None, timeout_s=0.3, client_speaks=False)
+    assert handed == [] and took_s < 3
+    assert "refused OpenFlow TLS connection from 192.0.2.9:4242" in caplog.text and "timed out" in caplog.text
 
 
 # ---------------------------------------------------------------- helpers
