@@ -2,7 +2,7 @@
 security review; scripts/install.sh lays out user, venv, config and unit under a temporary
 DESTDIR (nothing on the machine changes), idempotently; the installed daemon, started the way
 the unit says (its user, only its ambient capabilities, its environment file, a read-only file
-system but its run directory, no writable-executable memory, its system call filter), shapes
+system but its run directory, no writable-executable memory, its system call and address family filters), shapes
 the gateway ports, and cannot without CAP_NET_ADMIN. SATUPINTU_* variables configure the daemon.
 """
 
@@ -210,18 +210,27 @@ os.execvp(sys.argv[1], sys.argv[1:])
 """
 
 
-# SystemCallFilter= + SystemCallErrorNumber=EPERM, with libseccomp (Debian python3-seccomp, for
-# /usr/bin/python3): a call outside the allowed set fails with EPERM, as under systemd.
+# SystemCallFilter= + SystemCallErrorNumber=EPERM and RestrictAddressFamilies=, with libseccomp
+# (Debian python3-seccomp, for /usr/bin/python3) as systemd does: a call outside the allowed set
+# fails with EPERM, a socket of another family with EAFNOSUPPORT.
 _SECCOMP_EXEC = """
-import errno, os, sys, seccomp
+import errno, os, socket, sys, seccomp
 allowed = seccomp.SyscallFilter(defaction=seccomp.ERRNO(errno.EPERM))
+families = [getattr(socket, name) for name in sys.argv[2].split()]
 for name in sys.argv[1].split(","):
     try:
-        allowed.add_rule(seccomp.ALLOW, name)
+        if name == "socket":
+            for family in families:
+                allowed.add_rule(seccomp.ALLOW, name, seccomp.Arg(0, seccomp.EQ, family))
+        else:
+            allowed.add_rule(seccomp.ALLOW, name)
     except (RuntimeError, ValueError):
         pass  # not a system call of this architecture, or newer than libseccomp
+for family in range(64):
+    if family not in families:
+        allowed.add_rule(seccomp.ERRNO(errno.EAFNOSUPPORT), "socket", seccomp.Arg(0, seccomp.EQ, family))
 allowed.load()
-os.execvp(sys.argv[2], sys.argv[2:])
+os.execvp(sys.argv[3], sys.argv[3:])
 """
 SYSTEM_PYTHON = "/usr/bin/python3"
 
@@ -290,6 +299,7 @@ def _run_as_service(destdir: Path, netns: str, workdir: Path, capabilities: str)
             f"--inh-caps=-all{capabilities}", f"--ambient-caps=-all{capabilities}",
             f"--bounding-set=-all{capabilities}", "--no-new-privs",
             SYSTEM_PYTHON, "-c", _SECCOMP_EXEC, ",".join(sorted(allowed_syscalls(unit["SystemCallFilter"]))),
+            " ".join(unit["RestrictAddressFamilies"]),
             "env", "-i",
             *(f"{key}={value}" for key, value in env.items()), *exec_start]
     daemon = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=(workdir / "daemon.log").open("w"))
