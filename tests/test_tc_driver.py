@@ -172,10 +172,10 @@ def _qdiscs() -> dict[str, tuple[str, int]]:
 @pytest.mark.netns
 def test_probe_leaf_qdisc_matches_what_tc_can_create(veth: None) -> None:
     kind = probe_leaf_qdisc()
-    assert kind == probe_leaf_qdisc() and kind in ("fq_codel", "bfifo")
+    assert kind == probe_leaf_qdisc() and kind in ("fq_codel", "pfifo_head_drop")
     can = _run("tc", "qdisc", "add", "dev", "lo", "root", "fq_codel", ns=NS_A, check=False).returncode == 0
     _run("tc", "qdisc", "del", "dev", "lo", "root", ns=NS_A, check=False)
-    assert kind == ("fq_codel" if can else "bfifo")
+    assert kind == ("fq_codel" if can else "pfifo_head_drop")
 
 
 @pytest.mark.netns
