@@ -158,7 +158,7 @@ def test_accept_drops_a_peer_that_never_says_anything(pki: Pki, caplog: pytest.L
 # ---------------------------------------------------------------- helpers
 
 
-def _tls_client(pki: Pki, client: str | None, port: int = TLS_PORT) -> tuple[str, bytes]:
+def _tls_client(pki: Pki, client: str | None, port: int = TLS_PORT, host: str = "127.0.0.1") -> tuple[str, bytes]:
     """Connect as a switch would, with `client`'s certificate (None: none); trust the real CA.
     Returns (outcome, first bytes the controller sent): "ok" or the TLS error."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -166,7 +166,7 @@ def _tls_client(pki: Pki, client: str | None, port: int = TLS_PORT) -> tuple[str
     context.load_verify_locations(pki.cert("ca"))
     if client is not None:
         context.load_cert_chain(pki.cert(client), pki.key(client))
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+    with socket.create_connection((host, port), timeout=5) as raw:
         try:
             with context.wrap_socket(raw) as secure:
                 return "ok", secure.recv(8)  # the controller speaks first; a refusal arrives as an alert
@@ -174,9 +174,9 @@ def _tls_client(pki: Pki, client: str | None, port: int = TLS_PORT) -> tuple[str
             return getattr(error, "reason", None) or type(error).__name__, b""
 
 
-def _plain_client(port: int = TLS_PORT) -> bytes:
+def _plain_client(port: int = TLS_PORT, host: str = "127.0.0.1") -> bytes:
     """An OpenFlow hello over plain TCP; returns what came back before the connection ended."""
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+    with socket.create_connection((host, port), timeout=5) as raw:
         raw.sendall(OPENFLOW_HELLO)
         try:
             return raw.recv(8)
@@ -435,3 +435,58 @@ def test_daemon_speaks_openflow_over_mutually_authenticated_tls(tmp_path: Path, 
         assert "(TLSv1.3, CN=switch)" in text
     finally:
         _stop(process)
+
+
+@pytest.mark.netns
+@pytest.mark.parametrize("mode", ["plain-tcp-allowed", "tls"])
+def test_daemon_on_a_non_loopback_address_with_tls_or_explicit_plain_tcp(tmp_path: Path, pki: Pki, netns_factory,
+                                                                         mode: str) -> None:
+    """In a namespace of our own with a documentation address (192.0.2.1): nothing outside sees it."""
+    netns = netns_factory("tls")
+    for command in (["link", "set", "lo", "up"], ["link", "add", "sp0", "type", "veth", "peer", "name", "sp1"],
+                    ["addr", "add", "192.0.2.1/24", "dev", "sp0"], ["link", "set", "sp0", "up"],
+                    ["link", "set", "sp1", "up"]):
+        subprocess.run(["ip", "-n", netns, *command], check=True, timeout=TIMEOUT)
+    options = ["--allow-plain-tcp"] if mode == "plain-tcp-allowed" else _tls_options(pki)
+    log_path = tmp_path / "daemon.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(["ip", "netns", "exec", netns, *_daemon(tmp_path, *options,
+                                                                           listen=f"192.0.2.1:{TLS_PORT}")],
+                                   stdout=log, stderr=subprocess.STDOUT, env=_env())
+    try:
+        probe = subprocess.run(["ip", "netns", "exec", netns, sys.executable, __file__, "probe", str(pki.dir)],
+                               capture_output=True, text=True, timeout=60, env=_env())
+        assert probe.returncode == 0, probe.stderr + log_path.read_text()[-2000:]
+        result = json.loads(probe.stdout)
+        if mode == "tls":
+            assert result == {"tls": "ok", "tls_hello": True, "plain_hello": False}, result
+        else:
+            assert result["plain_hello"] and result["tls"] != "ok", result
+    finally:
+        _stop(process)
+
+
+def _probe_from_inside(pki_dir: str) -> dict:
+    """Run in the test's namespace: wait for the daemon on 192.0.2.1, try TLS and plain TCP."""
+    deadline = time.monotonic() + 30
+    while True:
+        with socket.socket() as probe:
+            if probe.connect_ex(("192.0.2.1", TLS_PORT)) == 0:
+                break
+        if time.monotonic() > deadline:
+            raise SystemExit("the daemon does not listen on 192.0.2.1")
+        time.sleep(0.1)
+    pki = Pki(Path(pki_dir))
+    try:
+        outcome, first = _tls_client(pki, "switch", host="192.0.2.1")
+    except (OSError, ssl.SSLError) as error:  # a plain-TCP controller never answers a ClientHello
+        outcome, first = type(error).__name__, b""
+    return {"tls": outcome, "tls_hello": _is_openflow_hello(first),
+            "plain_hello": _is_openflow_hello(_plain_client(host="192.0.2.1"))}
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["probe"]:
+        print(json.dumps(_probe_from_inside(sys.argv[2])))
+    else:
+        raise SystemExit(f"usage: {sys.argv[0]} probe PKI_DIR")
