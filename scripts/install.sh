@@ -30,6 +30,8 @@ die() { echo "install: error: $*" >&2; exit 1; }
 
 [[ $EUID -eq 0 ]] || die "run as root (sudo make install): it creates a system user and writes under /etc and /opt"
 [[ -f $REPO/deploy/systemd/satupintu.service ]] || die "$REPO is not a Satu Pintu checkout"
+"$PYTHON" -c 'import sys, ensurepip; assert sys.version_info >= (3, 11)' 2>/dev/null \
+    || die "$PYTHON must be Python >= 3.11 with venv support: apt-get install python3 python3-venv"
 
 # ---- 1. user and group ----------------------------------------------------------------------
 install -d -m 0755 "$DESTDIR$SYSUSERSDIR"
@@ -103,6 +105,10 @@ config "$REPO/topologies/star-50.yaml" topology.yaml
 install -d -m 0755 "$DESTDIR$UNITDIR"
 install -m 0644 "$REPO/deploy/systemd/satupintu.service" "$DESTDIR$UNITDIR/satupintu.service"
 say "installed $UNITDIR/satupintu.service"
+if [[ -z $DESTDIR ]] && command -v systemd-analyze >/dev/null; then
+    problems=$(cd / && systemd-analyze verify "$UNITDIR/satupintu.service" 2>&1) || true
+    [[ -z $problems ]] || echo "install: warning: systemd-analyze verify: $problems" >&2
+fi
 if [[ -z $DESTDIR && -d /run/systemd/system ]]; then
     systemctl daemon-reload
     say "next: edit $CONFDIR/topology.yaml and policy.yaml, then: systemctl enable --now satupintu"
