@@ -69,7 +69,9 @@ def test_every_alert_has_a_firing_and_a_quiet_case() -> None:
 
 @pytest.mark.parametrize(("alert", "old", "new"), [
     ("SatuPintuUplinkSaturated", "> 0.9", "> 0.96"),  # would miss 95% utilisation
-    ("SatuPintuOpdStarved", "or avg_over_time", "and avg_over_time"),  # would miss drops without backlog
+    ("SatuPintuOpdStarved", "unless rate", "and rate"),  # would miss drops below the ceiling without backlog
+    ("SatuPintuOpdStarved", "unless rate", "or rate"),  # would call bursts at the ceiling starvation
+    ("SatuPintuOpdStarved", "min_over_time", "max_over_time"),  # would call a passing backlog demand
     ("SatuPintuSwitchDown", "== 0", "== 2"),
 ])
 def test_unit_tests_catch_a_weakened_rule(promtool: str, tmp_path: Path, alert: str, old: str, new: str) -> None:
