@@ -19,11 +19,20 @@ die() { echo "start-ovs: $*" >&2; exit 1; }
 # OPDs fills it and packets of idle OPDs are dropped before HTB sees them ("error sending
 # Ethernet packet ... Resource temporarily unavailable"; measured: OPDs starved to 0 bit/s).
 SEND_BUFFER_BYTES=16777216
+# Receiving is one AF_PACKET socket per port, created when the port is added, with
+# net.core.rmem_default as its buffer: 212 kB overflowed under full load (the socket of the
+# gateway's upstream port dropped 2,400 packets in 10 s, realtime probes among them). 4 MiB
+# absorbs the bursts; no restart needed: ports added afterwards (every emulation's) get it.
+RECEIVE_BUFFER_BYTES=4194304
 MARKER=$RUN_DIR/satupintu-send-buffer.pid
 
 ovsdb_ok() { ovs-vsctl --timeout=5 show >/dev/null 2>&1; }
 vswitchd_ok() { ovs-appctl --timeout=5 -t ovs-vswitchd version >/dev/null 2>&1; }
 buffer_ok() { [[ -f $MARKER && -f $RUN_DIR/ovs-vswitchd.pid && $(cat "$MARKER") == $(cat "$RUN_DIR/ovs-vswitchd.pid") ]]; }
+
+if [[ $EUID -eq 0 ]] && (( $(sysctl -n net.core.rmem_default) != RECEIVE_BUFFER_BYTES )); then
+    sysctl -qw net.core.rmem_default=$RECEIVE_BUFFER_BYTES  # even when OVS runs: it is read per new port
+fi
 
 if ovsdb_ok && vswitchd_ok && buffer_ok; then
     exit 0
