@@ -18,7 +18,7 @@ from satupintu.status.fetch import DEFAULT_METRICS_URL, ScrapeError, scrape
 from satupintu.status.rates import DIRECTIONS, SORT_KEYS, StatusReport, compute_report
 
 if TYPE_CHECKING:
-    from rich.console import RenderableType
+    from rich.console import Console, RenderableType
 
 EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE = 0, 1, 2
 SORT_BY_KEY = {"r": "rate", "u": "util", "n": "name", "d": "drops"}
@@ -85,7 +85,7 @@ def _print_once(args: argparse.Namespace, report: StatusReport, directions: tupl
     from satupintu.status.view import render
 
     console = Console() if sys.stdout.isatty() else Console(width=PIPE_WIDTH)  # a pipe gets every column
-    console.print(render(report, args.metrics_url, args.sort, directions, args.top or None))
+    console.print(render(report, args.metrics_url, args.sort, directions, args.top or None, width=console.width))
     return EXIT_OK
 
 
@@ -107,7 +107,7 @@ def _live(args: argparse.Namespace, before: Snapshot, directions: tuple[str, ...
                     return EXIT_OK
                 if key in SORT_BY_KEY and report is not None:
                     sort = SORT_BY_KEY[key]
-                    live.update(_view(report, args, sort, directions, console.height, read_key), refresh=True)
+                    live.update(_view(report, args, sort, directions, console, read_key), refresh=True)
             try:
                 after = scrape(args.metrics_url, args.timeout)
             except ScrapeError as error:
@@ -116,15 +116,16 @@ def _live(args: argparse.Namespace, before: Snapshot, directions: tuple[str, ...
                 continue
             report = compute_report(before, after)
             before = after
-            live.update(_view(report, args, sort, directions, console.height, read_key), refresh=True)
+            live.update(_view(report, args, sort, directions, console, read_key), refresh=True)
 
 
-def _view(report: StatusReport, args: argparse.Namespace, sort: str, directions: tuple[str, ...], height: int,
-          read_key: _KeyReader) -> RenderableType:
+def _view(report: StatusReport, args: argparse.Namespace, sort: str, directions: tuple[str, ...],
+          console: Console, read_key: _KeyReader) -> RenderableType:
     from satupintu.status.view import render
 
-    limit = args.top or max(5, height - HEADER_LINES - len(report.uplinks) - len(report.latest.switches))
-    return render(report, args.metrics_url, sort, directions, limit, keys_hint=read_key.interactive)
+    limit = args.top or max(5, console.height - HEADER_LINES - len(report.uplinks))
+    return render(report, args.metrics_url, sort, directions, limit, keys_hint=read_key.interactive,
+                  width=console.width)
 
 
 class _KeyReader:

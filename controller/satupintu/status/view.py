@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich import box
 from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
@@ -9,8 +10,10 @@ from rich.text import Text
 from satupintu.status.rates import OwnerRow, StatusReport, sort_owners
 
 BAR_WIDTH = 24
+MIN_BAR_WIDTH = 8
+TABLE_WITHOUT_BAR = 66  # columns the table needs besides the bar
 NEAR_CEILING = 0.95
-ARROWS = {"download": "down", "upload": "up"}
+ARROWS = {"download": "↓", "upload": "↑"}
 
 
 def format_bps(bps: float | None) -> str:
@@ -21,6 +24,16 @@ def format_bps(bps: float | None) -> str:
         if bps >= scale:
             return f"{bps / scale:.3g} {unit}"
     return f"{bps:.0f} bit/s"
+
+
+def short_bps(bps: float | None) -> str:
+    """Table cells: '12.3M', '781k' (bit/s, SI prefixes); '-' when unknown."""
+    if bps is None:
+        return "-"
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if bps >= scale:
+            return f"{bps / scale:.3g}{unit}"
+    return f"{bps:.0f}"
 
 
 def _percent(fraction: float | None) -> str:
@@ -49,7 +62,7 @@ def usage_bar(rate_bps: float | None, guaranteed_bps: float | None, ceiling_bps:
     return bar
 
 
-def _header(report: StatusReport, metrics_url: str, sort: str) -> Table:
+def _header(report: StatusReport, metrics_url: str, sort: str, bar_width: int) -> Table:
     latest = report.latest
     policy = latest.policy
     grid = Table.grid(padding=(0, 2))
@@ -66,41 +79,42 @@ def _header(report: StatusReport, metrics_url: str, sort: str) -> Table:
                            f"{policy.window or '-'}, scale {policy.scale if policy.scale is not None else '-'}"
                            + (f", {policy.reloads_failed} failed reloads" if policy.reloads_failed else ""))
     for row in report.uplinks:
-        line = usage_bar(row.rate_bps, None, row.capacity_bps)
+        line = usage_bar(row.rate_bps, None, row.capacity_bps, bar_width)
         line.append(f"  {format_bps(row.rate_bps)} of {format_bps(row.capacity_bps)} "
                     f"({_percent(row.utilisation)}) on {row.port}, {row.drops or 0:.0f} drops")
         grid.add_row(f"uplink {ARROWS.get(row.direction, row.direction)}", line)
-    grid.add_row("source", f"{metrics_url}, rates over {report.interval_s:.1f} s, sorted by {sort}")
+    grid.add_row("source", f"{metrics_url}, rates in bit/s over {report.interval_s:.1f} s, sorted by {sort}")
     return grid
 
 
-def owners_table(rows: list[OwnerRow]) -> Table:
-    table = Table(expand=False, show_edge=False, pad_edge=False)
-    table.add_column("OPD", no_wrap=True)
+def owners_table(rows: list[OwnerRow], bar_width: int = BAR_WIDTH) -> Table:
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1))
+    table.add_column("OPD", no_wrap=True, max_width=16)
     table.add_column("dir", no_wrap=True)
-    table.add_column("rate", justify="right", no_wrap=True)
-    table.add_column("guarantee", justify="right", no_wrap=True)
-    table.add_column("ceiling", justify="right", no_wrap=True)
-    table.add_column("use (| = guarantee)", no_wrap=True)
-    table.add_column("% guar", justify="right")
-    table.add_column("% ceil", justify="right")
-    table.add_column("drops", justify="right")
+    for title in ("rate", "guar", "ceil"):
+        table.add_column(title, justify="right", no_wrap=True)
+    table.add_column("use (| guar)", no_wrap=True)
+    table.add_column("%guar", justify="right", no_wrap=True)
+    table.add_column("%ceil", justify="right", no_wrap=True)
+    table.add_column("drops", justify="right", no_wrap=True)
     for row in rows:
         code = row.code if row.kind == "opd" else f"{row.code} ({row.kind})"
         drops = "-" if row.drops is None else f"{row.drops:.0f}"
-        table.add_row(code, ARROWS.get(row.direction, row.direction), format_bps(row.rate_bps),
-                      format_bps(row.guaranteed_bps), format_bps(row.ceiling_bps),
-                      usage_bar(row.rate_bps, row.guaranteed_bps, row.ceiling_bps),
+        table.add_row(code, ARROWS.get(row.direction, row.direction), short_bps(row.rate_bps),
+                      short_bps(row.guaranteed_bps), short_bps(row.ceiling_bps),
+                      usage_bar(row.rate_bps, row.guaranteed_bps, row.ceiling_bps, bar_width),
                       _percent(row.guarantee_utilisation), _percent(row.ceiling_utilisation),
                       Text(drops, style="red" if row.drops else ""))
     return table
 
 
 def render(report: StatusReport, metrics_url: str, sort: str, directions: tuple[str, ...],
-           limit: int | None = None, keys_hint: bool = False) -> RenderableType:
+           limit: int | None = None, keys_hint: bool = False, width: int = 132) -> RenderableType:
+    """The whole view; the bars shrink to fit `width` columns (an 80-column terminal too)."""
     rows = [row for row in sort_owners(report.owners, sort) if row.direction in directions]
     shown = rows if limit is None else rows[:limit]
-    parts: list[RenderableType] = [_header(report, metrics_url, sort), owners_table(shown)]
+    bar_width = max(MIN_BAR_WIDTH, min(BAR_WIDTH, width - TABLE_WITHOUT_BAR))
+    parts: list[RenderableType] = [_header(report, metrics_url, sort, bar_width), owners_table(shown, bar_width)]
     if len(shown) < len(rows):
         parts.append(Text(f"... {len(rows) - len(shown)} more rows (--top, or a taller terminal)", style="dim"))
     if keys_hint:
