@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from conftest import enforce_requirements
 from satupintu.emulation.prometheus import PrometheusServer
 from satupintu.emulation.traffic import Host, IperfServers, start_client
 from satupintu.metrics.exporter import METRICS
@@ -62,6 +64,9 @@ class Flow:
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     """Emulation + Prometheus (rules loaded) + one traffic phase, shared by every test here."""
+    missing = [f"{tool} not on PATH (Debian package prometheus)" for tool in ("prometheus", "promtool")
+               if shutil.which(tool) is None]
+    enforce_requirements("observability", missing)
     workdir = tmp_path_factory.mktemp("observability")
     policy_copy = workdir / "policy.yaml"
     policy_copy.write_text(POLICY.read_text())
