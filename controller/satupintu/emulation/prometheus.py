@@ -25,13 +25,17 @@ class PrometheusServer:
 
     def __init__(self, targets: list[str], port: int, *, scrape_interval_s: float = 1.0,
                  rule_files: Sequence[str | Path] = (), workdir: str | Path | None = None,
-                 binary: str = PROMETHEUS) -> None:
+                 binary: str = PROMETHEUS, retention: str = "30d") -> None:
+        """`workdir/data` is the TSDB: blocks put there before start() (promtool tsdb
+        create-blocks-from) are served, within `retention`."""
         self.targets = targets
         self.port = port
         self.scrape_interval_s = scrape_interval_s
         self.rule_files = [str(Path(path).resolve()) for path in rule_files]
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="satupintu-prom-"))
         self.binary = binary
+        self.retention = retention
+        self.data_dir = self.workdir / "data"
         self.url = f"http://127.0.0.1:{port}"
         self.process: subprocess.Popen | None = None
         self.log_file = self.workdir / "prometheus.log"
@@ -50,9 +54,9 @@ class PrometheusServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         config_file = self.workdir / "prometheus.yml"
         config_file.write_text(yaml.safe_dump(self.config(), sort_keys=False))
-        argv = [self.binary, f"--config.file={config_file}", f"--storage.tsdb.path={self.workdir / 'data'}",
+        argv = [self.binary, f"--config.file={config_file}", f"--storage.tsdb.path={self.data_dir}",
                 f"--web.listen-address=127.0.0.1:{self.port}", "--web.enable-lifecycle",
-                "--storage.tsdb.retention.time=1d", "--log.level=warn"]
+                f"--storage.tsdb.retention.time={self.retention}", "--log.level=warn"]
         with open(self.log_file, "ab") as log_handle:
             self.process = subprocess.Popen(argv, stdout=log_handle, stderr=log_handle, start_new_session=True)
         deadline = time.monotonic() + timeout_s
