@@ -12,7 +12,9 @@ Method (also shown by `satupintu report --help`):
 - Hours above guarantee: the number of steps whose rate exceeded the guarantee in force at that
   step (guarantees follow schedule windows), times the step.
 - Recommended guarantee: p95 x headroom, rounded up to whole Mbit/s; recommended ceiling:
-  peak x headroom, rounded up, at least the recommended guarantee and at most the uplink.
+  peak x headroom, rounded up, at least the recommended guarantee and at most the uplink. An
+  OPD idle for the whole period gets the 1 Mbit/s minimum: choose a representative period
+  (a month of office days), not a holiday week.
 - Cost shares: the monthly uplink cost split in proportion to bytes carried (both directions,
   OPDs and Wi-Fi pools alike; "by usage") and, for comparison, in proportion to guaranteed rate
   (what each owner reserves; "by guarantee"). Rupiah are whole and shares add up exactly to
