@@ -16,11 +16,16 @@ and remove exactly those names at teardown: no broad clean-up, never ``mn -c``.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import itertools
+import json
 import os
 import shutil
+import signal
 import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -242,3 +247,31 @@ def netns_factory() -> Iterator[NetnsFactory]:
         yield factory
     finally:
         factory.cleanup()
+
+
+# ---- emulation runs ---------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def emulation_process(workdir: Path, *options: str, timeout_s: float = 180.0,
+                      env: dict[str, str] | None = None) -> Iterator[dict]:
+    """`satupintu emulate OPTIONS` as a child process (pass your own --switch-prefix and ports):
+    yields its ready-file JSON once enforcement is active; stops it with SIGTERM afterwards and
+    fails the test if it did not exit cleanly."""
+    ready_file = workdir / "ready.json"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "satupintu.cli", "emulate", *options, "--ready-file", str(ready_file),
+         "--workdir", str(workdir / "controller")],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    deadline = time.monotonic() + timeout_s
+    while not ready_file.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"emulation did not become ready:\n{process.communicate()[0][-4000:]}")
+        time.sleep(0.2)
+    try:
+        yield json.loads(ready_file.read_text())
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output = process.communicate(timeout=120)[0]
+        assert process.returncode == 0, output[-3000:]
