@@ -158,6 +158,7 @@ def test_usage_bar_marks_the_guarantee_and_fills_to_the_rate() -> None:
     assert bar.plain == "██|█····"
     assert usage_bar(None, 1, 2).plain == "-"
     assert format_bps(12_345_678) == "12.3 Mbit/s" and format_bps(999) == "999 bit/s" and format_bps(None) == "-"
+    assert format_bps(12_345_678, compact=True) == "12.3M" and format_bps(780_000, compact=True) == "780k"
 
 
 class _Handler(BaseHTTPRequestHandler):

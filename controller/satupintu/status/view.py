@@ -16,24 +16,14 @@ NEAR_CEILING = 0.95
 ARROWS = {"download": "↓", "upload": "↑"}
 
 
-def format_bps(bps: float | None) -> str:
-    """Rates to three significant digits: '12.3 Mbit/s'; '-' when unknown."""
+def format_bps(bps: float | None, compact: bool = False) -> str:
+    """Rates to three significant digits: '12.3 Mbit/s', or '12.3M' in table cells; '-' when unknown."""
     if bps is None:
         return "-"
-    for unit, scale in (("Gbit/s", 1e9), ("Mbit/s", 1e6), ("kbit/s", 1e3)):
+    for prefix, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if bps >= scale:
-            return f"{bps / scale:.3g} {unit}"
-    return f"{bps:.0f} bit/s"
-
-
-def short_bps(bps: float | None) -> str:
-    """Table cells: '12.3M', '781k' (bit/s, SI prefixes); '-' when unknown."""
-    if bps is None:
-        return "-"
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if bps >= scale:
-            return f"{bps / scale:.3g}{unit}"
-    return f"{bps:.0f}"
+            return f"{bps / scale:.3g}{prefix}" if compact else f"{bps / scale:.3g} {prefix}bit/s"
+    return f"{bps:.0f}" if compact else f"{bps:.0f} bit/s"
 
 
 def _percent(fraction: float | None) -> str:
@@ -100,8 +90,8 @@ def owners_table(rows: list[OwnerRow], bar_width: int = BAR_WIDTH) -> Table:
     for row in rows:
         code = row.code if row.kind == "opd" else f"{row.code} ({row.kind})"
         drops = "-" if row.drops is None else f"{row.drops:.0f}"
-        table.add_row(code, ARROWS.get(row.direction, row.direction), short_bps(row.rate_bps),
-                      short_bps(row.guaranteed_bps), short_bps(row.ceiling_bps),
+        table.add_row(code, ARROWS.get(row.direction, row.direction), format_bps(row.rate_bps, True),
+                      format_bps(row.guaranteed_bps, True), format_bps(row.ceiling_bps, True),
                       usage_bar(row.rate_bps, row.guaranteed_bps, row.ceiling_bps, bar_width),
                       _percent(row.guarantee_utilisation), _percent(row.ceiling_utilisation),
                       Text(drops, style="red" if row.drops else ""))
