@@ -10,7 +10,6 @@ import csv
 import json
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import enforce_requirements
+from conftest import emulation_process, enforce_requirements
 from satupintu.emulation.prometheus import PrometheusServer
 from satupintu.emulation.traffic import Host, IperfServers, start_client
 from satupintu.metrics.exporter import METRICS
@@ -70,38 +69,20 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     workdir = tmp_path_factory.mktemp("observability")
     policy_copy = workdir / "policy.yaml"
     policy_copy.write_text(POLICY.read_text())
-    ready_file = workdir / "ready.json"
-    emulation = subprocess.Popen(
-        [sys.executable, "-m", "satupintu.cli", "emulate", "--policy", str(policy_copy), "--topology", str(TOPOLOGY),
-         "--switch-prefix", SWITCH_PREFIX, "--openflow-port", str(OPENFLOW_PORT), "--metrics-listen", METRICS_ADDRESS,
-         "--ready-file", str(ready_file), "--workdir", str(workdir / "controller")],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    prometheus = PrometheusServer([METRICS_ADDRESS], PROMETHEUS_PORT, rule_files=[RULES], workdir=workdir / "prom")
-    try:
-        deadline = time.monotonic() + 180
-        while not ready_file.exists():
-            if emulation.poll() is not None or time.monotonic() > deadline:
-                emulation.kill()
-                pytest.fail(f"emulation did not become ready:\n{emulation.communicate()[0][-4000:]}")
-            time.sleep(0.2)
-        ready = json.loads(ready_file.read_text())
-        prometheus.start()
-        client = PrometheusClient(prometheus.url)
+    options = ("--policy", str(policy_copy), "--topology", str(TOPOLOGY), "--switch-prefix", SWITCH_PREFIX,
+               "--openflow-port", str(OPENFLOW_PORT), "--metrics-listen", METRICS_ADDRESS)
+    with emulation_process(workdir, *options) as ready, \
+            PrometheusServer([METRICS_ADDRESS], PROMETHEUS_PORT, rule_files=[RULES], workdir=workdir / "prom") as prom:
+        client = PrometheusClient(prom.url)
         _wait_for(lambda: any(s.points[0][1] == 1 for s in client.query('up{job="satupintu"}')), 30, "first scrape")
         time.sleep(3)  # a few idle samples before the traffic
         policy = load_policy(POLICY).policy
         flows = _traffic(ready, policy)
         time.sleep(4)  # idle samples after it
-        yield {"ready": ready, "prometheus": prometheus, "client": client, "flows": flows, "policy": policy,
+        yield {"ready": ready, "prometheus": prom, "client": client, "flows": flows, "policy": policy,
                "policy_copy": policy_copy, "workdir": workdir}
-    finally:
-        prometheus.stop()
-        if emulation.poll() is None:
-            emulation.send_signal(signal.SIGTERM)
-        output = emulation.communicate(timeout=120)[0]
-        assert emulation.returncode == 0, output[-3000:]
-        bridges = subprocess.run(["ovs-vsctl", "list-br"], capture_output=True, text=True).stdout.split()
-        assert not {f"{SWITCH_PREFIX}gw", f"{SWITCH_PREFIX}core"} & set(bridges), "emulation left its bridges"
+    bridges = subprocess.run(["ovs-vsctl", "list-br"], capture_output=True, text=True).stdout.split()
+    assert not {f"{SWITCH_PREFIX}gw", f"{SWITCH_PREFIX}core"} & set(bridges), "emulation left its bridges"
 
 
 def _wait_for(condition, timeout_s: float, what: str) -> None:
