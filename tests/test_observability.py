@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import json
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import emulation_process, enforce_requirements
-from satupintu.emulation.prometheus import PrometheusServer
+from satupintu.emulation.prometheus import PrometheusServer, missing_tools
 from satupintu.emulation.traffic import Host, IperfServers, start_client
 from satupintu.metrics.exporter import METRICS
 from satupintu.policy.load import load_policy
@@ -63,9 +62,7 @@ class Flow:
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     """Emulation + Prometheus (rules loaded) + one traffic phase, shared by every test here."""
-    missing = [f"{tool} not on PATH (Debian package prometheus)" for tool in ("prometheus", "promtool")
-               if shutil.which(tool) is None]
-    enforce_requirements("observability", missing)
+    enforce_requirements("observability", missing_tools())
     workdir = tmp_path_factory.mktemp("observability")
     policy_copy = workdir / "policy.yaml"
     policy_copy.write_text(POLICY.read_text())

@@ -6,7 +6,6 @@ query may return, so the chunked queries are exercised too. (~5 s)"""
 from __future__ import annotations
 
 import csv
-import shutil
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import enforce_requirements
-from satupintu.emulation.prometheus import PrometheusServer
+from satupintu.emulation.prometheus import PrometheusServer, missing_tools
 from satupintu.report.prometheus import MAX_POINTS
 
 PROMETHEUS_PORT = 9190
@@ -58,9 +57,7 @@ def _openmetrics(start: int, steps: int) -> str:
 
 @pytest.fixture(scope="module")
 def history(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
-    missing = [f"{tool} not on PATH (Debian package prometheus)" for tool in ("prometheus", "promtool")
-               if shutil.which(tool) is None]
-    enforce_requirements("report history", missing)
+    enforce_requirements("report history", missing_tools())
     workdir = tmp_path_factory.mktemp("history")
     steps = DAYS * 86400 // STEP_S
     start = (int(time.time()) // 86400 - DAYS - 1) * 86400  # midnight UTC, three days ago

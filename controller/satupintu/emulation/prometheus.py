@@ -20,6 +20,12 @@ import yaml
 PROMETHEUS = "/usr/bin/prometheus"
 
 
+def missing_tools() -> list[str]:
+    """What a test needs from the Debian package prometheus and this machine lacks."""
+    return [f"{tool} not on PATH (Debian package prometheus)" for tool in ("prometheus", "promtool")
+            if shutil.which(tool) is None]
+
+
 class PrometheusServer:
     """`with PrometheusServer(["127.0.0.1:9733"], port=9190) as prom: prom.url ...`"""
 
