@@ -318,3 +318,18 @@ def test_read_counters_agrees_with_read_stats(testbed: dict) -> None:
     assert any(full[minor].bytes for minor in full), "no traffic yet: the comparison proves little"
     for minor, stats in full.items():
         assert tuple(getattr(stats, name) for name in fields) == tuple(getattr(fast[minor], name) for name in fields)
+
+
+def test_status_reads_the_daemon_without_privileges(testbed: dict) -> None:
+    """`satupintu status` needs only HTTP: it runs with every capability dropped (no CAP_NET_ADMIN
+    to read tc itself) against the root daemon. (Not as `nobody`: a CI clone may sit under /root.)"""
+    result = subprocess.run(
+        ["setpriv", "--bounding-set=-all", "--inh-caps=-all", "--no-new-privs", sys.executable, "-m",
+         "satupintu.cli", "status", "--once", "--json", "--interval", "0.3", "--metrics-url", testbed["url"]],
+        capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    policy = testbed["loaded"].policy
+    assert {row["code"] for row in document["opds"] if row["kind"] == "opd"} == {opd.code for opd in policy.opds}
+    assert document["policy"]["sha256"] == testbed["loaded"].sha256 and document["policy"]["scale"] == SCALE
+    assert {row["port"] for row in document["uplinks"]} == set(testbed["ports"].values())
