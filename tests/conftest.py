@@ -269,9 +269,13 @@ def emulation_process(workdir: Path, *options: str, timeout_s: float = 180.0,
             process.kill()
             pytest.fail(f"emulation did not become ready:\n{process.communicate()[0][-4000:]}")
         time.sleep(0.2)
+    ready = json.loads(ready_file.read_text())
     try:
-        yield json.loads(ready_file.read_text())
+        yield ready
     finally:
         process.send_signal(signal.SIGTERM)
         output = process.communicate(timeout=120)[0]
         assert process.returncode == 0, output[-3000:]
+        left = set(ready.get("switches", {})) & set(
+            subprocess.run(["ovs-vsctl", "list-br"], capture_output=True, text=True).stdout.split())
+        assert not left, f"emulation left its bridges behind: {sorted(left)}"

@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from conftest import emulation_process
 from satupintu.compile.plan import owner_minor
 from satupintu.emulation.observe import (
     BACKGROUND_LOSS,
@@ -46,35 +47,17 @@ def emulation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     workdir = tmp_path_factory.mktemp("emulation")
     policy = workdir / "policy.yaml"
     policy.write_text(POLICY.read_text())
-    ready_file = workdir / "ready.json"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "satupintu.cli", "emulate", "--policy", str(policy), "--topology", str(TOPOLOGY),
-         "--openflow-port", str(OPENFLOW_PORT), "--metrics-listen", METRICS, "--ready-file", str(ready_file),
-         "--workdir", str(workdir / "controller")],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 180
-    while not ready_file.exists():
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"emulation did not become ready:\n{process.communicate()[0][-4000:]}")
-        time.sleep(0.2)
-    ready = json.loads(ready_file.read_text())
-    ready["policy_copy"] = str(policy)
-    ready["workdir"] = str(workdir)
     extra: list[subprocess.Popen] = []
-    ready["extra_processes"] = extra
-    try:
-        yield ready
-    finally:
-        for child in extra:
-            if child.poll() is None:
-                child.terminate()
-                child.wait(timeout=15)
-        process.send_signal(signal.SIGTERM)
-        output = process.communicate(timeout=120)[0]
-        assert process.returncode == 0, output[-3000:]
-        bridges = subprocess.run(["ovs-vsctl", "list-br"], capture_output=True, text=True).stdout.split()
-        assert "gw" not in bridges and "core" not in bridges, "emulation left its bridges behind"
+    with emulation_process(workdir, "--policy", str(policy), "--topology", str(TOPOLOGY),
+                           "--openflow-port", str(OPENFLOW_PORT), "--metrics-listen", METRICS) as ready:
+        ready.update(policy_copy=str(policy), workdir=str(workdir), extra_processes=extra)
+        try:
+            yield ready
+        finally:
+            for child in extra:
+                if child.poll() is None:
+                    child.terminate()
+                    child.wait(timeout=15)
 
 
 @pytest.fixture(scope="module")

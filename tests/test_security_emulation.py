@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import emulation_process
+
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "tests" / "data" / "security"
 SWITCH_PREFIX, OPENFLOW_PORT, METRICS = "s", 6814, "127.0.0.1:9814"
@@ -190,29 +192,11 @@ def emulation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     workdir = tmp_path_factory.mktemp("security")
     policy = workdir / "policy.yaml"
     policy.write_text((DATA / "policy.yaml").read_text())
-    ready_file = workdir / "ready.json"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "satupintu.cli", "emulate", "--policy", str(policy), "--topology",
-         str(DATA / "topology.yaml"), "--scale", "0.1", "--switch-prefix", SWITCH_PREFIX,
-         "--openflow-port", str(OPENFLOW_PORT), "--metrics-listen", METRICS, "--ready-file", str(ready_file),
-         "--workdir", str(workdir / "controller")],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env())
-    deadline = time.monotonic() + 120
-    while not ready_file.exists():
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"emulation did not become ready:\n{process.communicate()[0][-4000:]}")
-        time.sleep(0.2)
-    ready = json.loads(ready_file.read_text())
-    ready["policy_copy"] = str(policy)
-    try:
+    with emulation_process(workdir, "--policy", str(policy), "--topology", str(DATA / "topology.yaml"),
+                           "--scale", "0.1", "--switch-prefix", SWITCH_PREFIX, "--openflow-port", str(OPENFLOW_PORT),
+                           "--metrics-listen", METRICS, timeout_s=120, env=_env()) as ready:
+        ready["policy_copy"] = str(policy)
         yield ready
-    finally:
-        process.send_signal(signal.SIGTERM)
-        output = process.communicate(timeout=120)[0]
-        assert process.returncode == 0, output[-3000:]
-        bridges = subprocess.run(["ovs-vsctl", "list-br"], capture_output=True, text=True).stdout.split()
-        assert not {f"{SWITCH_PREFIX}gw", f"{SWITCH_PREFIX}core"} & set(bridges), "emulation left its bridges"
 
 
 def _opd1_genuine() -> dict:
