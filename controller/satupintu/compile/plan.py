@@ -83,8 +83,8 @@ class HtbClass:
 class U32Rule:
     """Classify packets whose address (src on upload, dst on download) is inside
     `prefix` and, if `dscp` is set, whose DSCP equals it, into class `flow_minor`.
-    `tcp_ack_only` matches pure TCP ACKs instead (IPv4 without options, shorter than 64
-    bytes, flags exactly ACK): an OPD's ACKs must not wait behind its own bulk data.
+    `tcp_ack_only` matches pure TCP ACKs instead (IPv4 without options, shorter than 128
+    bytes so SACK blocks fit, flags exactly ACK): an OPD's ACKs must not wait behind its own bulk data.
 
     `bucket` is the hash bucket (third octet of the address) for prefixes of /24 or
     longer; None means the rule sits in the linear list before the hash jump.

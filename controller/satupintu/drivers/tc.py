@@ -300,8 +300,9 @@ def _canonical_ipv4(prefix: str) -> str:
     return str(ipaddress.IPv4Network(prefix, strict=False))
 
 
-# Pure TCP ACK: IHL 5 and total length < 64 (offset 0), protocol 6 (offset 8), flags == ACK (offset 32).
-TCP_ACK_KEYS = ((0x0F00FFC0, 0x05000000, 0), (0x00FF0000, 0x00060000, 8), (0x00FF0000, 0x00100000, 32))
+# Pure TCP ACK: IHL 5 and total length < 128 (offset 0; room for timestamps and 4 SACK blocks),
+# protocol 6 (offset 8), flags == ACK (offset 32).
+TCP_ACK_KEYS = ((0x0F00FF80, 0x05000000, 0), (0x00FF0000, 0x00060000, 8), (0x00FF0000, 0x00100000, 32))
 
 
 @functools.lru_cache(maxsize=1 << 16)
