@@ -24,3 +24,8 @@ lint:
 # DESTDIR=/tmp/root lays it out under /tmp/root instead (tests, inspection).
 install:
 	bash scripts/install.sh
+
+# Every benchmark of issue 7 (~20-25 min, needs the machine to itself as far as possible); writes benchmarks/RESULTS.md.
+.PHONY: bench
+bench: setup
+	$(PY) benchmarks/run_all.py

@@ -28,10 +28,12 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -41,7 +43,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from faucet_config import OwnerRates, faucet_config, owner_rates
 
-from satupintu.compile.plan import Direction
+from satupintu.compile.plan import Direction, leaf_minor
+from satupintu.drivers.tc import read_stats
 from satupintu.emulation.network import EmulatedNetwork, renamed
 from satupintu.emulation.session import EmulationSession, ensure_ovs
 from satupintu.emulation.traffic import Host, IperfServers, collect, in_host, percentile, run_flows, start_client
@@ -158,6 +161,17 @@ class Backbone:
         self._network: EmulatedNetwork | None = None
         self._faucet: subprocess.Popen | None = None
 
+    @property
+    def download_port(self) -> str:
+        return self.topology.interface(self.topology.gateway, self.topology.backbone_port)
+
+    def realtime_leaf(self, owner_id: int) -> int | None:
+        """The HTB leaf of `owner_id`'s realtime class (Satu Pintu only: the others have no classes)."""
+        if self.mode != "satupintu":
+            return None
+        realtime = next(klass for klass in self.policy.classes if klass.name == "realtime")
+        return leaf_minor(owner_id, realtime.id)
+
     def start(self) -> None:
         started = time.monotonic()
         ensure_ovs()
@@ -222,6 +236,74 @@ def jain_index(values: list[float]) -> float:
     return sum(values) ** 2 / (len(values) * sum(value * value for value in values)) if values else float("nan")
 
 
+def _cpu_times() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs from /proc/stat."""
+    fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def _ovs_cpu_s() -> float:
+    """CPU seconds ovs-vswitchd has used (every emulation on this machine shares that one process)."""
+    try:
+        pid = int(Path("/var/run/openvswitch/ovs-vswitchd.pid").read_text())
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, ValueError):
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def _backlog_packets(argv: list[str]) -> int:
+    found = re.search(r"backlog \S+ (\d+)p", subprocess.run(argv, capture_output=True, text=True).stdout)
+    return int(found.group(1)) if found else 0
+
+
+class QueueSampler(threading.Thread):
+    """Where packets wait while the realtime probe runs under saturation, sampled every 0.1 s:
+    at the gateway's download port (all HTB leaves, or the line's FIFO), in the probe's own
+    realtime leaf, and before the gateway (the upstream host's interface queue, which fills
+    when Open vSwitch cannot read packets as fast as the senders send); plus CPU use."""
+
+    def __init__(self, port: str, realtime_minor: int | None, upstream: Host) -> None:
+        super().__init__(daemon=True)
+        self.port, self.realtime_minor, self.upstream = port, realtime_minor, upstream
+        self.queued: list[int] = []
+        self.realtime_queued: list[int] = []
+        self.upstream_queued: list[int] = []
+        self.cpu_start, self.ovs_start, self.started = _cpu_times(), _ovs_cpu_s(), time.monotonic()
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        upstream_argv = in_host(self.upstream.pid, ["tc", "-s", "qdisc", "show", "dev", f"{self.upstream.name}-eth0"])
+        while not self._stop_event.wait(0.1):
+            self.upstream_queued.append(_backlog_packets(upstream_argv))
+            if self.realtime_minor is None:
+                self.queued.append(_backlog_packets(["tc", "-s", "qdisc", "show", "dev", self.port, "root"]))
+                continue
+            stats = read_stats(self.port)
+            self.queued.append(sum(entry.qlen for entry in stats.values() if entry.leaf))
+            self.realtime_queued.append(stats[self.realtime_minor].qlen if self.realtime_minor in stats else 0)
+
+    def stop(self) -> dict[str, float]:
+        self._stop_event.set()
+        self.join(timeout=5)
+        busy, total = _cpu_times()
+        elapsed = time.monotonic() - self.started
+        out = {"diag: CPU busy % (both cores)": 100 * (busy - self.cpu_start[0]) / max(1, total - self.cpu_start[1]),
+               "diag: ovs-vswitchd CPU % of one core": 100 * (_ovs_cpu_s() - self.ovs_start) / elapsed,
+               "diag: packets queued at the gateway (max)": max(self.queued, default=0),
+               "diag: packets queued before the gateway (max)": max(self.upstream_queued, default=0)}
+        if self.realtime_minor is not None:
+            out["diag: packets queued in the probe's realtime leaf (max)"] = max(self.realtime_queued, default=0)
+        return out
+
+
+def other_bridges() -> int:
+    """Open vSwitch bridges of other emulations: they share ovs-vswitchd (and its CPU) with ours."""
+    result = subprocess.run(["ovs-vsctl", "--timeout=10", "list-br"], capture_output=True, text=True)
+    return sum(1 for name in result.stdout.split() if not name.startswith(PREFIX))
+
+
 def _echo_server(hosts: dict[str, Host], seconds: float) -> subprocess.Popen:
     inet = hosts["inet"]
     return subprocess.Popen(in_host(inet.pid, [sys.executable, "-m", "satupintu.emulation.udpprobe", "server",
@@ -269,10 +351,13 @@ def scenario_contention(backbone: Backbone, policy: Policy, rates: dict[str, Own
             processes = [start_client(client, inet, port, SECONDS, download=True)
                          for (client, _), port in zip(clients, ports, strict=True)]
             time.sleep(4)  # 2 s omitted by iperf3, then 2 s of steady state before the probe starts
+            sampler = QueueSampler(backbone.download_port, backbone.realtime_leaf(rates[PROBE_OPD].owner_id), inet)
+            sampler.start()
             busy = _probe(hosts, probe_host, 300)
+            loaded = _probe_result(busy)
+            diagnosis = sampler.stop()
             results = [collect(process, client, True, SECONDS + 40)
                        for process, (client, _) in zip(processes, clients, strict=True)]
-            loaded = _probe_result(busy)
     finally:
         echo.terminate()
         echo.wait(timeout=10)
@@ -295,7 +380,7 @@ def scenario_contention(backbone: Backbone, policy: Policy, rates: dict[str, Own
         "realtime RTT saturated p50 ms": busy_p50, "realtime RTT saturated p99 ms": busy_p99,
         "realtime p99 added ms": busy_p99 - idle_p99,
         "realtime probe loss saturated %": 100 * loaded["lost"] / max(1, loaded["sent"]),
-    }
+    } | diagnosis
 
 
 def five_active(policy: Policy) -> list[str]:
@@ -334,7 +419,8 @@ def run_mode(mode: str, repeat: int, workdir: Path, progress: Callable[[str], No
             if waited > 1:
                 progress(f"{mode}: waited {waited:.0f}s for the measurement lock")
             for index in range(repeat):
-                run: dict[str, float] = {}
+                run: dict[str, float] = {"diag: other emulations' bridges on this OVS": other_bridges(),
+                                         "diag: load average (1 min) at start": os.getloadavg()[0]}
                 run |= scenario_single(backbone, rates)
                 run |= scenario_contention(backbone, policy, rates)
                 run |= scenario_five(backbone, policy, rates)
