@@ -25,6 +25,12 @@ from satupintu.topology import Topology
 
 log = logging.getLogger("satupintu.enforcer")
 
+# A policy file modified less than this long ago may still be being written. Editors and tools
+# that write in place (nano, `cat >`, scp) leave it half-written for a moment, and a file cut
+# at an OPD boundary is a VALID policy that lacks every OPD after the cut: applying it would take
+# those OPDs offline. Editors write in milliseconds; the watch polls every 0.5 s.
+SETTLE_S = 0.2
+
 
 class FlowDriver(Protocol):
     def set_desired(self, plans: dict[int, SwitchPlan]) -> None: ...
@@ -78,17 +84,18 @@ class Enforcer:
     def reload(self, reason: str) -> bool:
         """Load the policy file again; apply it only if it is valid and compiles."""
         started = time.monotonic()
+        mtime = self._stat_mtime()  # before reading: a change while we read is seen next time
         try:
             loaded = load_policy(self.policy_path)
             window = active_window(loaded.policy, self.clock())
             desired = self._compile(loaded, window)
         except PolicyError as error:
-            return self._rejected(reason, started, [str(issue) for issue in error.issues])
+            return self._rejected(reason, started, mtime, [str(issue) for issue in error.issues])
         except ValueError as error:  # compile-time impossibilities (topology lacks an OPD, u32 limits)
-            return self._rejected(reason, started, [f"{self.policy_path}: {error}"])
+            return self._rejected(reason, started, mtime, [f"{self.policy_path}: {error}"])
         for warning in loaded.warnings:
             log.warning("%s", warning)
-        self._mtime = self._stat_mtime()
+        self._mtime = mtime
         self.loaded = loaded
         self._apply(desired)
         self.status.generation += 1
@@ -106,8 +113,8 @@ class Enforcer:
         return compile_state(loaded.policy, self.topology, window=window, scale=self.scale,
                              policy_hash=loaded.sha256)
 
-    def _rejected(self, reason: str, started: float, messages: list[str]) -> bool:
-        self._mtime = self._stat_mtime()
+    def _rejected(self, reason: str, started: float, mtime: float | None, messages: list[str]) -> bool:
+        self._mtime = mtime
         self.status.reloads_failed += 1
         self.status.last = ReloadRecord(False, reason, time.time(), time.monotonic() - started, messages)
         log.error("policy reload (%s) rejected; the running policy stays:\n%s", reason, "\n".join(messages))
@@ -144,7 +151,11 @@ class Enforcer:
     # ------------------------------------------------------------------ triggers
 
     def file_changed(self) -> bool:
-        return self._stat_mtime() != self._mtime
+        """The file differs from the one last read and has not been written for SETTLE_S."""
+        mtime = self._stat_mtime()
+        if mtime == self._mtime:
+            return False
+        return mtime is None or not 0 <= time.time() - mtime < SETTLE_S  # a future mtime cannot settle: go
 
     def _stat_mtime(self) -> float | None:
         try:
