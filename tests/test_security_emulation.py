@@ -207,7 +207,7 @@ pytestmark = pytest.mark.emulation
 
 
 def test_forged_sources_never_leave_the_opd_port(emulation: dict) -> None:
-    forged_v4 = {"other-opd": "10.1.2.10", "opd-on-gateway": "10.1.3.10", "wifi": "10.200.0.10",
+    forged_v4 = {"other-opd": "10.1.2.10", "opd-on-edge": "10.1.3.10", "wifi": "10.200.0.10",
                  "upstream": "100.64.0.2", "foreign": "198.18.0.1"}
     forged_v6 = {"v6-other-opd": "2001:db8:2::a", "v6-foreign": "2001:db8:ffff::99", "v6-link-local": "fe80::99"}
     cases = [_opd1_genuine(), {"case": "v6-genuine", "l3": "ipv6", "src": "2001:db8:1::a", "dst": FAR_V6}]
@@ -215,27 +215,27 @@ def test_forged_sources_never_leave_the_opd_port(emulation: dict) -> None:
     cases += [{"case": name, "l3": "ipv6", "src": src, "dst": FAR_V6} for name, src in forged_v6.items()]
     cases += [{"case": "arp-genuine", "l3": "arp", "src": "10.1.1.10", "dst": ARP_TARGET},
               {"case": "arp-other-opd", "l3": "arp", "src": "10.1.2.10", "dst": ARP_TARGET}]
-    # From OPD 3, attached to the gateway itself: OPD 1's source.
-    gateway_cases = [{"case": "gw-genuine", "l3": "ip", "src": "10.1.3.10", "dst": "100.64.0.1"},
-                     {"case": "gw-forged-opd1", "l3": "ip", "src": "10.1.1.10", "dst": "100.64.0.1"}]
-    drops_before = admit_drops(f"{SWITCH_PREFIX}core", 1001), admit_drops(f"{SWITCH_PREFIX}gw", 1003)
+    # From OPD 3, on the second access switch `edge`: OPD 1's source.
+    edge_cases = [{"case": "edge-genuine", "l3": "ip", "src": "10.1.3.10", "dst": "100.64.0.1"},
+                     {"case": "edge-forged-opd1", "l3": "ip", "src": "10.1.1.10", "dst": "100.64.0.1"}]
+    drops_before = admit_drops(f"{SWITCH_PREFIX}core", 1001), admit_drops(f"{SWITCH_PREFIX}edge", 1003)
     captures = capturing(emulation, ["inet"])
     send(emulation, "opd1", captures["inet"].mac, cases)
-    send(emulation, "opd3", captures["inet"].mac, gateway_cases)
+    send(emulation, "opd3", captures["inet"].mac, edge_cases)
     captured = stop_all(captures)["inet"]
     counts = received(captured)
     forged_total = (len(forged_v4) + len(forged_v6) + 1) * COUNT
     print(f"\nanti-spoofing: sent {forged_total} forged from opd1 and {COUNT} from opd3, received "
-          f"{sum(counts[name] for name in (*forged_v4, *forged_v6, 'gw-forged-opd1'))} "
+          f"{sum(counts[name] for name in (*forged_v4, *forged_v6, 'edge-forged-opd1'))} "
           f"(+{arp_received(captured, '10.1.2.10')} forged ARP); genuine {dict(counts)}")
-    assert counts["genuine"] == counts["v6-genuine"] == counts["gw-genuine"] == COUNT, counts
+    assert counts["genuine"] == counts["v6-genuine"] == counts["edge-genuine"] == COUNT, counts
     assert arp_received(captured, "10.1.1.10") == COUNT
-    assert {name: counts[name] for name in (*forged_v4, *forged_v6, "gw-forged-opd1")} == \
-        dict.fromkeys((*forged_v4, *forged_v6, "gw-forged-opd1"), 0)
+    assert {name: counts[name] for name in (*forged_v4, *forged_v6, "edge-forged-opd1")} == \
+        dict.fromkeys((*forged_v4, *forged_v6, "edge-forged-opd1"), 0)
     assert arp_received(captured, "10.1.2.10") == 0
     # Dropped by the anti-spoofing flow of the port (not lost somewhere): its counter moved by at
     # least what was forged (the host's own IPv6 link-local chatter lands there too).
-    drops_after = admit_drops(f"{SWITCH_PREFIX}core", 1001), admit_drops(f"{SWITCH_PREFIX}gw", 1003)
+    drops_after = admit_drops(f"{SWITCH_PREFIX}core", 1001), admit_drops(f"{SWITCH_PREFIX}edge", 1003)
     assert drops_after[0] - drops_before[0] >= forged_total, (drops_before, drops_after)
     assert drops_after[1] - drops_before[1] >= COUNT
 
@@ -337,7 +337,7 @@ def test_inter_opd_traffic_is_denied_then_allowed_after_a_reload(emulation: dict
                             capture_output=True, text=True, timeout=60, env=_env())
     assert result.returncode == 0, result.stderr
     deadline = time.monotonic() + 30
-    bridges = (f"{SWITCH_PREFIX}core", f"{SWITCH_PREFIX}gw")
+    bridges = (f"{SWITCH_PREFIX}core", f"{SWITCH_PREFIX}gw", f"{SWITCH_PREFIX}edge")
     while any(_deny_flows(bridge) for bridge in bridges):
         assert time.monotonic() < deadline, "deny flows still installed 30 s after the reload"
         time.sleep(0.2)

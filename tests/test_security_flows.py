@@ -91,7 +91,7 @@ def arp(in_port: int, spa: str, tpa: str) -> Packet:
     return {"in_port": in_port, "eth_type": ETH_ARP, "arp_spa": spa, "arp_tpa": tpa}
 
 
-OPD1_PORT, OPD3_PORT, TRUNK, UPSTREAM = 1001, 1003, 1, 2
+OPD1_PORT, OPD3_PORT, TRUNK, UPSTREAM, EDGE_TRUNK = 1001, 1003, 1, 2, 3  # TRUNK: toward the gateway
 INET = "100.64.0.1"
 
 FORGED_FROM_OPD1 = {
@@ -114,10 +114,10 @@ def test_forged_ipv4_and_arp_sources_from_an_opd_port_are_dropped(who: str) -> N
     assert walk(core, arp(OPD1_PORT, "10.1.1.10", "100.64.0.77"))[0] == f"output:{TRUNK}"
 
 
-def test_forged_sources_are_dropped_on_the_gateway_too() -> None:
-    gw = _plans()["gw"]
-    assert walk(gw, ipv4(OPD3_PORT, "10.1.1.10", INET))[0] == "drop"
-    assert walk(gw, ipv4(OPD3_PORT, "10.1.3.10", INET))[0] == f"output:{UPSTREAM}"
+def test_forged_sources_are_dropped_on_every_access_switch() -> None:
+    edge = _plans()["edge"]
+    assert walk(edge, ipv4(OPD3_PORT, "10.1.1.10", INET))[0] == "drop"
+    assert walk(edge, ipv4(OPD3_PORT, "10.1.3.10", INET))[0] == f"output:{TRUNK}"
 
 
 @pytest.mark.parametrize("forged", ["2001:db8:2::a", "2001:db8:ffff::1", "fe80::1", "::"])
@@ -128,8 +128,8 @@ def test_forged_ipv6_sources_are_dropped(forged: str) -> None:
 
 
 def test_an_opd_without_ipv6_prefixes_sends_no_ipv6() -> None:
-    gw = _plans()["gw"]
-    assert walk(gw, ipv6(OPD3_PORT, "2001:db8:3::a", "2001:db8:ffff::1"))[0] == "drop"
+    edge = _plans()["edge"]
+    assert walk(edge, ipv6(OPD3_PORT, "2001:db8:3::a", "2001:db8:ffff::1"))[0] == "drop"
 
 
 @pytest.mark.parametrize(("packet", "dscp"), [
@@ -149,8 +149,8 @@ def test_the_opd_cannot_choose_its_own_class(packet: Packet, dscp: int) -> None:
     ("core", ipv4(OPD1_PORT, "10.1.1.10", "10.1.2.10"), "output:1002"),
     ("core", ipv6(OPD1_PORT, "2001:db8:1::a", "2001:db8:2::a"), "output:1002"),
     ("core", ipv4(OPD1_PORT, "10.1.1.10", "10.200.0.10"), "output:1900"),
-    ("core", ipv4(OPD1_PORT, "10.1.1.10", "10.1.3.10"), f"output:{TRUNK}"),
-    ("gw", ipv4(OPD3_PORT, "10.1.3.10", "10.1.1.10"), f"output:{TRUNK}"),
+    ("core", ipv4(OPD1_PORT, "10.1.1.10", "10.1.3.10"), f"output:{EDGE_TRUNK}"),
+    ("edge", ipv4(OPD3_PORT, "10.1.3.10", "10.1.1.10"), f"output:{TRUNK}"),
 ])
 def test_inter_opd_traffic_follows_the_policy(switch: str, packet: Packet, where: str) -> None:
     assert walk(_plans("deny")[switch], packet)[0] == "drop"

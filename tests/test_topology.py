@@ -260,3 +260,26 @@ def test_topology_yaml_round_trips_a_renamed_copy(tmp_path, repo_root, name):
     assert copy.attachments == original.attachments and copy.gateway == original.gateway == "xgw"
     assert (copy.upstream_port, copy.backbone_port, copy.upstream_address) == (
         original.upstream_port, original.backbone_port, original.upstream_address)
+
+
+@pytest.mark.parametrize(("attach", "where"), [
+    ('{switch: gw, owners: "3"}', "on the gateway itself"),
+    ('{switch: side, owners: "3"}', "behind gateway port 3"),
+])
+def test_an_owner_whose_downloads_would_bypass_the_shaped_trunk_is_refused(tmp_path, attach, where):
+    path = tmp_path / "t.yaml"
+    path.write_text(f"""name: bypass
+switches: [{{name: gw, dpid: 1}}, {{name: core, dpid: 2}}, {{name: side, dpid: 3}}]
+links:
+  - {{a: gw, a_port: 1, b: core, b_port: 1}}
+  - {{a: gw, a_port: 3, b: side, b_port: 1}}
+upstream: {{switch: gw, port: 2, backbone_port: 1}}
+attach:
+  - {{switch: core, owners: "1-2"}}
+  - {attach}
+""")
+    with pytest.raises(PolicyError) as caught:
+        load_topology(path)
+    message = str(caught.value)
+    assert "t.yaml:9:" in message and f"owner 3 is attached {where}" in message and "backbone_port 1" in message
+    assert "owner 1" not in message and "owner 2" not in message

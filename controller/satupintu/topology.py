@@ -189,6 +189,7 @@ def load_topology(path: str | Path) -> Topology:
         report(("upstream", "backbone_port"), f"backbone_port {upstream.backbone_port} is not a trunk of "
                                               f"'{upstream.switch}'; download is shaped on the gateway's trunk")
     attachments: dict[int, str] = {}
+    attach_index: dict[int, int] = {}
     for index, attach in enumerate(model.attach):
         if attach.switch not in dpids:
             report(("attach", index, "switch"), f"'{attach.switch}' is not a switch")
@@ -196,16 +197,34 @@ def load_topology(path: str | Path) -> Topology:
             if owner in attachments:
                 report(("attach", index, "owners"), f"owner {owner} is attached twice")
             attachments[owner] = attach.switch
+            attach_index[owner] = index
     trunks = [Trunk(link.a, link.a_port, link.b, link.b_port) for link in model.links]
     if not issues:
         reach = _next_hops(dpids, trunks)
         for switch in dpids:
             if switch != upstream.switch and (switch, upstream.switch) not in reach:
                 report(("switches",), f"switch '{switch}' has no path to the gateway '{upstream.switch}'")
+    if not issues:
+        _check_download_shaped(upstream, attachments, attach_index, reach, report)
     if issues:
         raise PolicyError(issues)
     return Topology(model.name, dpids, trunks, upstream.switch, upstream.port, upstream.backbone_port,
                     upstream.address, attachments)
+
+
+def _check_download_shaped(upstream: UpstreamModel, attachments: dict[int, str], attach_index: dict[int, int],
+                           reach: dict[tuple[str, str], int], report) -> None:
+    """Download is shaped on the gateway's backbone_port only: an owner reached any other way
+    (on the gateway itself, or behind another gateway trunk) would get unshaped downloads."""
+    for owner, switch in sorted(attachments.items()):
+        port = None if switch == upstream.switch else reach.get((upstream.switch, switch))
+        if port == upstream.backbone_port:
+            continue
+        where = "on the gateway itself" if port is None else f"behind gateway port {port}"
+        report(("attach", attach_index[owner], "owners"),
+               f"owner {owner} is attached {where}, so its downloads would bypass the shaped trunk "
+               f"(backbone_port {upstream.backbone_port} of '{upstream.switch}'); attach it to a switch "
+               f"reached through that port")
 
 
 def star_topology(owner_ids: list[int], name: str = "star") -> Topology:
