@@ -28,7 +28,6 @@ import argparse
 import contextlib
 import json
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -165,6 +164,10 @@ class Backbone:
     def download_port(self) -> str:
         return self.topology.interface(self.topology.gateway, self.topology.backbone_port)
 
+    @property
+    def upstream_port(self) -> str:
+        return self.topology.interface(self.topology.gateway, self.topology.upstream_port)
+
     def realtime_leaf(self, owner_id: int) -> int | None:
         """The HTB leaf of `owner_id`'s realtime class (Satu Pintu only: the others have no classes)."""
         if self.mode != "satupintu":
@@ -253,20 +256,36 @@ def _ovs_cpu_s() -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
-def _backlog_packets(argv: list[str]) -> int:
-    found = re.search(r"backlog \S+ (\d+)p", subprocess.run(argv, capture_output=True, text=True).stdout)
-    return int(found.group(1)) if found else 0
+def _root_backlog_bytes(port: str) -> int:
+    out = subprocess.run(["tc", "-s", "-j", "qdisc", "show", "dev", port, "root"], capture_output=True, text=True)
+    try:
+        return sum(int(qdisc.get("backlog", 0)) for qdisc in json.loads(out.stdout or "[]"))
+    except ValueError:
+        return 0
+
+
+def _packet_socket_rmem(ifindex: int) -> int:
+    """Bytes (truesize) waiting in the receive buffers of the packet sockets bound to `ifindex`:
+    Open vSwitch's userspace datapath reads each port through one; veths have no qdisc (noqueue)."""
+    total = 0
+    for line in Path("/proc/net/packet").read_text().splitlines()[1:]:
+        fields = line.split()  # sk RefCnt Type Proto Iface R Rmem User Inode
+        if len(fields) >= 7 and int(fields[4]) == ifindex:
+            total += int(fields[6])
+    return total
 
 
 class QueueSampler(threading.Thread):
     """Where packets wait while the realtime probe runs under saturation, sampled every 0.1 s:
     at the gateway's download port (all HTB leaves, or the line's FIFO), in the probe's own
-    realtime leaf, and before the gateway (the upstream host's interface queue, which fills
-    when Open vSwitch cannot read packets as fast as the senders send); plus CPU use."""
+    realtime leaf, and before the gateway: in the receive buffer of the packet socket through
+    which OVS reads the upstream port (it fills when OVS cannot forward as fast as the senders
+    send: a FIFO ahead of every shaper); plus CPU use."""
 
-    def __init__(self, port: str, realtime_minor: int | None, upstream: Host) -> None:
+    def __init__(self, port: str, realtime_minor: int | None, upstream_port: str) -> None:
         super().__init__(daemon=True)
-        self.port, self.realtime_minor, self.upstream = port, realtime_minor, upstream
+        self.port, self.realtime_minor = port, realtime_minor
+        self.upstream_ifindex = int(Path(f"/sys/class/net/{upstream_port}/ifindex").read_text())
         self.queued: list[int] = []
         self.realtime_queued: list[int] = []
         self.upstream_queued: list[int] = []
@@ -274,14 +293,13 @@ class QueueSampler(threading.Thread):
         self._stop_event = threading.Event()
 
     def run(self) -> None:
-        upstream_argv = in_host(self.upstream.pid, ["tc", "-s", "qdisc", "show", "dev", f"{self.upstream.name}-eth0"])
         while not self._stop_event.wait(0.1):
-            self.upstream_queued.append(_backlog_packets(upstream_argv))
+            self.upstream_queued.append(_packet_socket_rmem(self.upstream_ifindex))
             if self.realtime_minor is None:
-                self.queued.append(_backlog_packets(["tc", "-s", "qdisc", "show", "dev", self.port, "root"]))
+                self.queued.append(_root_backlog_bytes(self.port))
                 continue
             stats = read_stats(self.port)
-            self.queued.append(sum(entry.qlen for entry in stats.values() if entry.leaf))
+            self.queued.append(sum(entry.backlog_bytes for entry in stats.values() if entry.leaf))
             self.realtime_queued.append(stats[self.realtime_minor].qlen if self.realtime_minor in stats else 0)
 
     def stop(self) -> dict[str, float]:
@@ -291,8 +309,8 @@ class QueueSampler(threading.Thread):
         elapsed = time.monotonic() - self.started
         out = {"diag: CPU busy % (both cores)": 100 * (busy - self.cpu_start[0]) / max(1, total - self.cpu_start[1]),
                "diag: ovs-vswitchd CPU % of one core": 100 * (_ovs_cpu_s() - self.ovs_start) / elapsed,
-               "diag: packets queued at the gateway (max)": max(self.queued, default=0),
-               "diag: packets queued before the gateway (max)": max(self.upstream_queued, default=0)}
+               "diag: kB queued at the gateway (max)": max(self.queued, default=0) / 1000,
+               "diag: kB waiting for OVS on the upstream port (max)": max(self.upstream_queued, default=0) / 1000}
         if self.realtime_minor is not None:
             out["diag: packets queued in the probe's realtime leaf (max)"] = max(self.realtime_queued, default=0)
         return out
@@ -351,7 +369,8 @@ def scenario_contention(backbone: Backbone, policy: Policy, rates: dict[str, Own
             processes = [start_client(client, inet, port, SECONDS, download=True)
                          for (client, _), port in zip(clients, ports, strict=True)]
             time.sleep(4)  # 2 s omitted by iperf3, then 2 s of steady state before the probe starts
-            sampler = QueueSampler(backbone.download_port, backbone.realtime_leaf(rates[PROBE_OPD].owner_id), inet)
+            sampler = QueueSampler(backbone.download_port, backbone.realtime_leaf(rates[PROBE_OPD].owner_id),
+                                   backbone.upstream_port)
             sampler.start()
             busy = _probe(hosts, probe_host, 300)
             loaded = _probe_result(busy)
