@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -169,11 +168,7 @@ def main() -> int:
         for _ in range(args.repeat):
             with tempfile.TemporaryDirectory(prefix="bench-daemon-") as tmp:
                 runs.append(run_once(size, Path(tmp)))
-        print(f"{size:>5} OPDs, {args.repeat} runs:")
-        for key in runs[0]:
-            values = [run[key] for run in runs]
-            print(f"    {key:<28} min {min(values):9.4f}  median {statistics.median(values):9.4f}  "
-                  f"max {max(values):9.4f}", flush=True)
+        bed.print_summary(size, runs)
     return 0
 
 

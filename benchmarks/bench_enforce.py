@@ -287,6 +287,15 @@ def run_once(opd_count: int, workdir: Path, verify_on_change: bool = True) -> di
     return out
 
 
+def print_summary(size: int, runs: list[dict[str, float]]) -> None:
+    """min / median / max of every figure over the runs at one size."""
+    print(f"{size:>5} OPDs, {len(runs)} runs:")
+    for key in runs[0]:
+        values = [run[key] for run in runs]
+        print(f"    {key:<30} min {min(values):9.4f}  median {statistics.median(values):9.4f}  "
+              f"max {max(values):9.4f}", flush=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeat", type=int, default=3)
@@ -299,12 +308,7 @@ def main() -> int:
         return 2
     with tempfile.TemporaryDirectory(prefix="bench-enforce-") as tmp:
         for size in (int(value) for value in args.sizes.split(",")):
-            runs = [run_once(size, Path(tmp), not args.no_verify_on_change) for _ in range(args.repeat)]
-            print(f"{size:>5} OPDs, {args.repeat} runs:")
-            for key in runs[0]:
-                values = [run[key] for run in runs]
-                print(f"    {key:<30} min {min(values):9.4f}  median {statistics.median(values):9.4f}  "
-                      f"max {max(values):9.4f}", flush=True)
+            print_summary(size, [run_once(size, Path(tmp), not args.no_verify_on_change) for _ in range(args.repeat)])
     return 0
 
 
