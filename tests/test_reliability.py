@@ -29,6 +29,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import emulation_process
 from satupintu.compile.state import compile_state
 from satupintu.drivers.tc import read_stats
 from satupintu.emulation.observe import (
@@ -66,36 +67,19 @@ def emulation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     workdir = tmp_path_factory.mktemp("reliability")
     policy = workdir / "policy.yaml"
     policy.write_text(POLICY.read_text())
-    ready_file = workdir / "ready.json"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "satupintu.cli", "emulate", "--policy", str(policy), "--topology", str(TOPOLOGY),
-         "--switch-prefix", PREFIX, "--openflow-port", str(OPENFLOW_PORT), "--metrics-listen", METRICS,
-         "--ready-file", str(ready_file), "--workdir", str(workdir / "controller")],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 180
-    while not ready_file.exists():
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"emulation did not become ready:\n{process.communicate()[0][-4000:]}")
-        time.sleep(0.2)
-    ready = json.loads(ready_file.read_text())
-    ready["policy_copy"] = str(policy)
-    ready["workdir"] = str(workdir)
-    ready["restarted"] = []
-    try:
-        yield ready
-    finally:
-        for child in ready["restarted"]:
-            if child.poll() is None:
-                child.terminate()
-                child.wait(timeout=15)
-        for name in GATEWAY_PORTS + (f"{PREFIX}core-eth13",):  # a failed test may have left a link down
-            subprocess.run(["ip", "link", "set", name, "up"], capture_output=True)
-        process.send_signal(signal.SIGTERM)
-        output = process.communicate(timeout=120)[0]
-        assert process.returncode == 0, output[-3000:]
-        left = set(subprocess.run(["ovs-vsctl", "list-br"], capture_output=True, text=True).stdout.split())
-        assert not left & set(BRIDGES), "emulation left its bridges behind"
+    with emulation_process(workdir, "--policy", str(policy), "--topology", str(TOPOLOGY), "--switch-prefix", PREFIX,
+                           "--openflow-port", str(OPENFLOW_PORT), "--metrics-listen", METRICS) as ready:
+        ready["policy_copy"] = str(policy)
+        ready["restarted"] = []
+        try:
+            yield ready
+        finally:
+            for child in ready["restarted"]:  # the controller a test restarted after kill -9
+                if child.poll() is None:
+                    child.terminate()
+                    child.wait(timeout=15)
+            for name in (*GATEWAY_PORTS, f"{PREFIX}core-eth13"):  # a failed test may have left a link down
+                subprocess.run(["ip", "link", "set", name, "up"], capture_output=True)
 
 
 # ---------------------------------------------------------------- helpers
