@@ -6,8 +6,11 @@ Run (as root, Open vSwitch running; takes --minutes plus ~1 minute):
 What it does:
   * `satupintu emulate` (jateng-50 on star-50, scale 1/100) with its own switch prefix "k",
     OpenFlow port 6816 and metrics on 127.0.0.1:9816, so it runs beside other emulations;
-  * full load: every OPD downloads and uploads and the Wi-Fi pool downloads, each a bounded
-    iperf3 run (CUBIC, --flow-seconds) restarted in a loop until the end;
+  * full load: every OPD and the Wi-Fi pool download (--upload: every OPD uploads as well),
+    each a bounded iperf3 run (CUBIC, --flow-seconds) restarted in a loop until the end.
+    Download is the contended direction; both directions at once saturate the single
+    ovs-vswitchd thread of a 2-core machine (measured on tree-50: realtime RTT p50 760 ms, in
+    OVS's receive sockets), which would measure OVS, not the controller;
   * a policy reload every --reload-every seconds, cycling valid B (one OPD's ceiling halved),
     an invalid file, valid A (the original), another invalid file, ... (each outcome checked
     against the status file);
@@ -52,6 +55,7 @@ def main() -> int:
     parser.add_argument("--sample-every", type=float, default=10.0, help="seconds between RSS/RTT samples")
     parser.add_argument("--window-minutes", type=float, default=5.0, help="report windows (default 5)")
     parser.add_argument("--flow-seconds", type=int, default=60, help="length of one bounded iperf3 run")
+    parser.add_argument("--upload", action="store_true", help="every OPD uploads as well (saturates OVS here)")
     parser.add_argument("--workdir", default="/tmp/satupintu-soak")
     parser.add_argument("--out", default=None, help="write the Markdown report here (e.g. benchmarks/SOAK.md)")
     args = parser.parse_args()
@@ -126,7 +130,8 @@ def soak(ready: dict, args: argparse.Namespace, policy_file: Path, valid: list, 
     clients = sorted(name for name in ready["hosts"] if name != "inet")
     for index, name in enumerate(clients):
         host = Host.from_ready(ready, name)
-        directions = [(True, DOWNLOAD_PORT)] + ([] if name.startswith("wifi") else [(False, UPLOAD_PORT)])
+        upload = args.upload and not name.startswith("wifi")
+        directions = [(True, DOWNLOAD_PORT)] + ([(False, UPLOAD_PORT)] if upload else [])
         for download, base_port in directions:
             thread = threading.Thread(target=_load_loop, daemon=True, args=(
                 inet, host, base_port + index, download, until, args.flow_seconds, load_stats))
@@ -243,7 +248,8 @@ def markdown(result: dict, args: argparse.Namespace) -> str:
         "  measurement lock and at nice 5, beside other engineers' tests: its targets are drift and latency",
         "  growth, not absolute rates.",
         "- Emulation: jateng-50 on star-50 at scale 1/100 (switch prefix `k`, OpenFlow 6816).",
-        f"- Load: every OPD downloading and uploading, the Wi-Fi pool downloading (iperf3 CUBIC, "
+        f"- Load: every OPD {'downloading and uploading' if args.upload else 'downloading'}, the Wi-Fi pool "
+        f"downloading (iperf3 CUBIC, "
         f"{args.flow_seconds} s runs back to back): {result['load']['runs']} runs, {result['load']['errors']} "
         "failed to start or finish.",
         f"- Reloads: every {args.reload_every:g} s, valid B / invalid / valid A / invalid ...: {len(reloads)} reloads, "
