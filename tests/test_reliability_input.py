@@ -210,6 +210,24 @@ def test_a_policy_written_in_place_slowly_is_applied_once_whole_never_half(daemo
     assert status["policy_sha256"] == hashlib.sha256(whole).hexdigest()
 
 
+def test_tc_trees_damaged_behind_the_daemons_back_are_repaired(daemon: dict) -> None:
+    """`tc qdisc del` on one port (a NIC reset or a re-created interface does the same) and a
+    class changed by hand on the other: within VERIFY_QUEUES_S (5 s) + the 1 s loop both match
+    their plans again, without a policy change."""
+    ns = daemon["ns"]
+    kernel = _kernel_state(ns)
+    _run(["tc", "-n", ns, "qdisc", "del", "dev", "gw-eth1", "root"])
+    _run(["tc", "-n", ns, "class", "change", "dev", "gw-eth2", "classid", "1:10", "htb", "rate", "1mbit",
+          "ceil", "1mbit"])
+    damaged_at = time.monotonic()
+    assert _kernel_state(ns) != kernel
+    while _kernel_state(ns) != kernel:
+        assert time.monotonic() - damaged_at < 12, "the tc trees were not repaired"
+        time.sleep(0.2)
+    print(f"tc trees repaired {time.monotonic() - damaged_at:.1f} s after the damage")
+    assert "had drifted from its plan" in daemon["log"].read_text()
+
+
 def test_after_all_that_a_valid_edit_applies_and_nothing_raised(daemon: dict) -> None:
     running = read_status(daemon["status_file"])
     edited = edit_opd(POLICY.read_text(), "SETWAN", "ceiling: 1Gbps", "ceiling: 500Mbps").encode()

@@ -30,6 +30,11 @@ log = logging.getLogger("satupintu.enforcer")
 # at an OPD boundary is a VALID policy that lacks every OPD after the cut: applying it would take
 # those OPDs offline. Editors write in milliseconds; the watch polls every 0.5 s.
 SETTLE_S = 0.2
+# The tc trees are read back and repaired this often (a `tc qdisc del`, a NIC reset or a
+# re-created interface otherwise leaves every OPD of a port unshaped until the next policy
+# change); less often when reading back is slow, so it costs at most VERIFY_SHARE of a core.
+VERIFY_QUEUES_S = 5.0
+VERIFY_SHARE = 0.05
 
 
 class FlowDriver(Protocol):
@@ -78,6 +83,7 @@ class Enforcer:
         self.desired: DesiredState | None = None
         self.status = EnforcerStatus()
         self._mtime: float | None = None
+        self._next_verify = 0.0
 
     # ------------------------------------------------------------------ reloads
 
@@ -144,6 +150,22 @@ class Enforcer:
                 self.status.queues_applied[plan.port] = {"error": f"{type(error).__name__}: {error}"}
                 log.warning("cannot shape %s yet: %s", plan.port, error)
         return ok
+
+    def keep_queues(self) -> None:
+        """Call often: retries ports that failed and, every VERIFY_QUEUES_S, makes every tree match
+        its plan again (the driver reads the kernel back and sends nothing when all is right)."""
+        if time.monotonic() < self._next_verify:
+            if self.queues_failed():
+                self.reapply_queues()
+            return
+        started = time.monotonic()
+        self.reapply_queues()
+        took = time.monotonic() - started
+        self._next_verify = time.monotonic() + max(VERIFY_QUEUES_S, took / VERIFY_SHARE)
+        for port, entry in self.status.queues_applied.items():
+            if entry.get("requests"):
+                log.warning("%s had drifted from its plan (rebuilt: %s): %d tc requests put it back", port,
+                            entry.get("rebuilt"), entry["requests"])
 
     def queues_failed(self) -> bool:
         return any("error" in entry for entry in self.status.queues_applied.values())

@@ -186,8 +186,7 @@ class Daemon:
                 enforcer.check_schedule()
                 if time.monotonic() >= next_stats:
                     next_stats = time.monotonic() + 1.0
-                    if enforcer.queues_failed():
-                        enforcer.reapply_queues()
+                    enforcer.keep_queues()
                     switches = driver.switch_status()
                     enforcer.write_status({"switches": switches})
                     notifier.status(_status_line(enforcer, switches))
