@@ -103,9 +103,9 @@ def _wait_ready(process: subprocess.Popen, ready_file: Path) -> dict:
 
 
 def _load_loop(inet: Host, client: Host, port: int, download: bool, until: float, flow_s: int,
-               stats: dict) -> None:
-    """Bounded iperf3 runs back to back until `until` (each run at most `flow_s` seconds)."""
-    while (left := until - time.monotonic()) > 5:
+               stats: dict, stop: threading.Event) -> None:
+    """Bounded iperf3 runs back to back until `until` or `stop` (each run at most `flow_s` seconds)."""
+    while (left := until - time.monotonic()) > 5 and not stop.is_set():
         seconds = int(min(flow_s, left - 2))
         with IperfServers(inet) as servers:
             servers.start(1, base_port=port)
@@ -126,6 +126,7 @@ def soak(ready: dict, args: argparse.Namespace, policy_file: Path, valid: list, 
     inet = Host.from_ready(ready, "inet")
     echo = echo_server(ready, duration_s + 120)
     load_stats = {"runs": 0, "errors": 0}
+    stop = threading.Event()
     threads = []
     clients = sorted(name for name in ready["hosts"] if name != "inet")
     for index, name in enumerate(clients):
@@ -134,7 +135,7 @@ def soak(ready: dict, args: argparse.Namespace, policy_file: Path, valid: list, 
         directions = [(True, DOWNLOAD_PORT)] + ([(False, UPLOAD_PORT)] if upload else [])
         for download, base_port in directions:
             thread = threading.Thread(target=_load_loop, daemon=True, args=(
-                inet, host, base_port + index, download, until, args.flow_seconds, load_stats))
+                inet, host, base_port + index, download, until, args.flow_seconds, load_stats, stop))
             thread.start()
             threads.append(thread)
     samples: list[dict] = []
@@ -154,6 +155,7 @@ def soak(ready: dict, args: argparse.Namespace, policy_file: Path, valid: list, 
             else:
                 time.sleep(min(0.2, max(0.0, min(next_reload, next_sample) - now)))
     finally:
+        stop.set()  # interrupted: no new runs; the running ones end within --flow-seconds
         for thread in threads:
             thread.join(timeout=args.flow_seconds + 60)
         echo.terminate()
