@@ -136,10 +136,15 @@ def phase_scrape() -> dict:
     return json.loads(result.stdout)
 
 
-def phase_quality(repeat: int) -> dict:
+def phase_quality(repeat: int, save) -> dict:
+    """Each controller in turn; the figures so far are saved after each (a late run can still be rendered)."""
     bench_quality.ensure_faucet_venv()
+    out: dict = {}
     with tempfile.TemporaryDirectory(prefix="bench-quality-") as tmp:
-        return {mode: bench_quality.run_mode(mode, repeat, Path(tmp)) for mode in bench_quality.MODES}
+        for mode in bench_quality.MODES:
+            out[mode] = bench_quality.run_mode(mode, repeat, Path(tmp))
+            save("quality", out)
+    return out
 
 
 def _profile(call, top: int = 10) -> tuple[float, str]:
@@ -415,6 +420,8 @@ class Report:
              None),
             ("diag: load average (1 min) at start", "diag: load average (1 min) at start", 2, "", None),
         ]
+        kept = " | ".join(f"{len(data[mode]['runs'])} / {len(data[mode].get('discarded', []))}" for mode in modes)
+        self.add(f"| repeats kept / discarded as disturbed | {kept} | |")
         for label, key, digits, target, check in rows:
             cells = []
             for mode in modes:
@@ -434,7 +441,11 @@ class Report:
                  "packet socket through which OVS's userspace datapath reads the upstream port (4 MiB "
                  "`net.core.rmem_default` here, ~300 ms at 100 Mbit/s), which fills only when OVS cannot forward "
                  "as fast as the senders send (ovs-vswitchd is one process shared by every emulation on the "
-                 "machine).", "")
+                 "machine). A repeat during which more than "
+                 f"{q.DISTURBED_KB} kB waited there ran while OVS could not keep up (other emulations share "
+                 f"ovs-vswitchd); it is discarded and run again, at most {q.EXTRA_ATTEMPTS} extra attempts per "
+                 "controller (a disturbed attempt is kept when no attempt is left). Discarded repeats are in "
+                 "results.json.", "")
 
     def profile_section(self) -> None:
         data = self.r.get("profile")
@@ -582,19 +593,22 @@ def main() -> int:
     OUT.mkdir(exist_ok=True)
     started = time.monotonic()
     results: dict = {"machine": machine()}
+    def save(name: str, value: object) -> None:
+        results[name] = value
+        results["duration_s"] = time.monotonic() - started
+        (OUT / "results.json").write_text(json.dumps(results, indent=1))
+
     phases = {
         "compile": lambda: phase_compile(args.repeat),
         "enforce": lambda: _runs(bench_enforce, args.repeat),
         "daemon": lambda: _runs(bench_daemon, args.repeat),
         "scrape": phase_scrape,
-        "quality": lambda: phase_quality(args.quality_repeat),
+        "quality": lambda: phase_quality(args.quality_repeat, save),
         "profile": phase_profile,
     }
     for name in args.only.split(","):
         log(f"phase {name}")
-        results[name] = phases[name]()
-        results["duration_s"] = time.monotonic() - started
-        (OUT / "results.json").write_text(json.dumps(results, indent=1))
+        save(name, phases[name]())
     write_results(results)
     log(f"all done in {(time.monotonic() - started) / 60:.1f} min")
     return 0
