@@ -10,9 +10,11 @@ OVS, not the controller.) Probes are realtime-class UDP echoes at 50 packets/s.
 What the topology allows: tree-50 has no redundant paths, so a distribution switch that
 goes down takes its ten OPDs offline until it returns (no failover to test); what must hold
 is that the other forty keep their guarantees and the ten recover by themselves. ring-50
-has no failover either (its switches are chained, the controller installs one path and does
-not re-route on link loss). The upstream link is single: while it is down nobody reaches
-the internet; the controller, its flows and the HTB trees must survive and traffic resume.
+does have a second path, but the controller installs shortest paths only and does not
+re-route when a ring link fails (the topology file says: edit it and reload), so there is
+no failover to test there either. The upstream link is single: while it is down nobody
+reaches the internet; the controller, its flows and the HTB trees must survive, traffic
+must resume and the metrics show the gap (satupintu_uplink_bytes stands still).
 """
 
 from __future__ import annotations
