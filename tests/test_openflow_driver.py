@@ -315,6 +315,20 @@ def test_reconcile_against_open_vswitch(tmp_path: Path) -> None:
         assert set(_dump_flows(bridge)) == _expected_flows(34)
         assert _flow_stats(bridge, "priority=990")[0] == 3
 
+        # 3b. Only a meter changes (a hard cap), and back: one meter modify each; the meters are read
+        # back, the flows (read back and matched when this plan's flows were applied) are not.
+        for rate, count in ((4000, 2), (5000, 3)):
+            plan = sample_plan(dpid, dscp=34)
+            meter = plan.meters[0]
+            faster = MeterSpec(meter.meter_id, rate, meter.burst_kbits, meter.owner_id, meter.direction)
+            controller.write_plan(SwitchPlan(plan.name, dpid, plan.flows, (faster, *plan.meters[1:])))
+            controller.reload()
+            record = controller.wait_record("plan changed", count=count)
+            assert record["ok"] and (record["messages"], record["meter_modify"]) == (1, 1), record
+            assert record["flows_read"] == 0 and record["meters_read"] == 2, record
+            assert f"rate={rate} burst_size={meter.burst_kbits}" in _meters(bridge)[0]
+        assert _meters(bridge) == EXPECTED_METERS
+
         # 4. Next connect: a stale flow and meter of ours go, a foreign flow stays.
         _ovs("ovs-ofctl", "-O", "OpenFlow13", "add-flow", bridge,
              "cookie=0x5350000300000063,table=2,priority=150,ip,nw_dst=10.99.0.0/16,actions=output:2")
