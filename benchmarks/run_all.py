@@ -147,7 +147,11 @@ def phase_quality(repeat: int, save) -> dict:
     out: dict = {}
     with tempfile.TemporaryDirectory(prefix="bench-quality-") as tmp:
         for mode in bench_quality.MODES:
-            out[mode] = bench_quality.run_mode(mode, repeat, Path(tmp))
+            try:
+                out[mode] = bench_quality.run_mode(mode, repeat, Path(tmp))
+            except Exception as error:  # one controller failing must not cost the others' figures
+                log(f"{mode}: FAILED: {error}")
+                out[mode] = {"error": f"{type(error).__name__}: {error}"[:1500]}
             save("quality", out)
     return out
 
@@ -361,7 +365,11 @@ class Report:
         data = self.r.get("quality")
         if not data:
             return
-        modes = [mode for mode in bench_quality.MODES if mode in data]
+        failed = {mode: entry["error"] for mode, entry in data.items() if "error" in entry}
+        modes = [mode for mode in bench_quality.MODES if mode in data and "runs" in data[mode]]
+        if not modes:
+            self.add("## 2. Enforcement quality", "", f"Not measured: {failed}", "")
+            return
         names = {"satupintu": "Satu Pintu", "faucet": "Faucet 1.10.12 (meters)", "none": "no control"}
         sp = data.get("satupintu", {}).get("runs", [])
         q = bench_quality
@@ -439,6 +447,8 @@ class Report:
                         self.target(f"Satu Pintu: {label.strip('*')}", values, target, ok, digits)
                 cells.append(cell)
             self.add(f"| {label} | " + " | ".join(cells) + f" | {target} |")
+        for mode, error in failed.items():
+            self.add("", f"**{names[mode]} failed** in this run: `{error}`")
         self.add("", "met / missed is judged on the median. \"Backbone used\" counts TCP goodput, ~95.6% of the "
                  "L2 rate a shaper or meter counts, so ~0.96 is a full backbone. The diag rows say where packets "
                  "waited while the probe ran under saturation (sampled every 0.1 s): in the gateway's HTB leaves "
@@ -484,6 +494,8 @@ class Report:
                  "| figure | min / **median** / max | target | |", "|---|---|---|---|"]
         head += [f"| {figure} | {value} | {target} | {_verdict(ok)} |" for figure, value, target, ok in self.targets]
         head += [""]
+        head += [f"**Phase `{name}` failed** in this run: `{error}`"
+                 for name, error in self.r.get("errors", {}).items()]
         return "\n".join(head + body + ["## 3. Analysis", "", analysis.strip(), ""] + profiles) + "\n"
 
 
@@ -519,7 +531,7 @@ def analysis(results: dict, misses: list[str]) -> str:
         notes.append("* **Compile at 5,000 OPDs**: see the profile below (YAML parse, pydantic validation, plan).")
     if any("RSS" in miss for miss in misses):
         notes.append("* **RSS at 500 OPDs**: above target; see VmHWM and the driver-only RSS for the split.")
-    sp_runs = results.get("quality", {}).get("satupintu", {}).get("runs", [])
+    sp_runs = results.get("quality", {}).get("satupintu", {}).get("runs") or []
     before = _median(sp_runs, "diag: kB waiting for OVS on the upstream port (max)")
     at_gateway = _median(sp_runs, "diag: kB queued at the gateway (max)")
     realtime_leaf = _median(sp_runs, "diag: packets queued in the probe's realtime leaf (max)")
@@ -560,7 +572,7 @@ def analysis(results: dict, misses: list[str]) -> str:
         notes.append("* **Single OPD**: goodput is TCP payload, ~95.6% of the L2 rate HTB shapes; see the table.")
     if not notes:
         notes.append("* Every target was met in this run.")
-    comparison = results.get("quality", {})
+    comparison = {mode: entry for mode, entry in results.get("quality", {}).items() if "runs" in entry}
     if {"satupintu", "faucet", "none"} <= comparison.keys():
         worst = {mode: _median(comparison[mode]["runs"], "contention worst OPD goodput/guarantee")
                  for mode in comparison}
@@ -620,7 +632,11 @@ def main() -> int:
     }
     for name in args.only.split(","):
         log(f"phase {name}")
-        save(name, phases[name]())
+        try:
+            save(name, phases[name]())
+        except Exception as error:  # write down what failed and go on: RESULTS.md says so
+            log(f"phase {name} FAILED: {error}")
+            save("errors", {**results.get("errors", {}), name: f"{type(error).__name__}: {error}"[:1500]})
     write_results(results)
     log(f"all done in {(time.monotonic() - started) / 60:.1f} min")
     return 0
