@@ -80,17 +80,31 @@ def log(message: str) -> None:
     print(f"[{datetime.now(UTC):%H:%M:%S}] {message}", flush=True)
 
 
+_lock_depth = 0  # holds of the lock by this process: nested holds must not flock a second file
+
+
 @contextlib.contextmanager
 def measurement_lock() -> Iterator[float]:
-    """Hold the shared measurement lock (flock on /tmp/satupintu-measure.lock); yields seconds waited."""
+    """Hold the shared measurement lock (flock on /tmp/satupintu-measure.lock); yields seconds waited.
+    Re-entrant within one process (run_all holds it across several phases)."""
     import fcntl
 
+    global _lock_depth
+    if _lock_depth:
+        _lock_depth += 1
+        try:
+            yield 0.0
+        finally:
+            _lock_depth -= 1
+        return
     started = time.monotonic()
     with open(MEASURE_LOCK, "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
+        _lock_depth = 1
         try:
             yield time.monotonic() - started
         finally:
+            _lock_depth = 0
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
