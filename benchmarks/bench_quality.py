@@ -28,6 +28,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -117,6 +118,14 @@ def ensure_faucet_venv() -> Path:
     if faucet.exists():
         return FAUCET_VENV
     log(f"creating {FAUCET_VENV} with faucet=={FAUCET_VERSION} (first run only)")
+    # Faucet's dependencies pytricia, chewie and beka build from source: a C compiler and Python's headers.
+    headers = subprocess.run(["/usr/bin/python3", "-c", "import os, sysconfig; print(os.path.exists("
+                              "os.path.join(sysconfig.get_paths()['include'], 'Python.h')))"],
+                             capture_output=True, text=True).stdout.strip() == "True"
+    if shutil.which("gcc") is None or not headers:
+        log("installing gcc and python3-dev (Faucet's pytricia compiles a C extension)")
+        subprocess.run(["apt-get", "install", "-y", "--no-install-recommends", "gcc", "libc6-dev", "python3-dev"],
+                       check=True)
     subprocess.run(["/usr/bin/python3", "-m", "venv", str(FAUCET_VENV)], check=True)
     subprocess.run([str(FAUCET_VENV / "bin" / "pip"), "install", "-q", f"faucet=={FAUCET_VERSION}"], check=True)
     return FAUCET_VENV
