@@ -416,13 +416,17 @@ def test_a_distribution_switch_cut_off_leaves_the_others_their_guarantees_and_it
     finally:
         echo.terminate()
         echo.wait(timeout=10)
-    short, recovered_short = [], []
+    short, recovered_short, ratios = [], [], []
     for name, values in during.items():
         window = values[5:10]  # seconds 5-10: the trunk was down from ~3 s to ~11 s
         if name in cut:
             continue
         mean = sum(window) / max(1, len(window))
-        if mean < 0.95 * _guarantee_bps(emulation, policy, name):
+        # The Wi-Fi pool gets exactly its floor under saturation, and TCP goodput is ~95.6% of the
+        # L2 rate HTB shapes: 90% of the floor for it; OPDs borrow above their guarantee.
+        share = 0.90 if name.startswith("wifi") else 0.95
+        ratios.append(mean / _guarantee_bps(emulation, policy, name))
+        if mean < share * _guarantee_bps(emulation, policy, name):
             short.append(f"{name}: {mean / 1e6:.2f} Mbit/s")
     for name in sorted(cut):
         values = again[name][2:]
@@ -434,7 +438,8 @@ def test_a_distribution_switch_cut_off_leaves_the_others_their_guarantees_and_it
                       and behind["started_unix"] + sequence * behind["interval_s"] > up_unix]
     first_after = (behind["started_unix"] + received_after[0] * behind["interval_s"] - up_unix
                    if received_after else float("nan"))
-    print(f"fd3 cut off for 8 s under full load: 40 others below 95% of guarantee: {short or 'none'}; "
+    print(f"fd3 cut off for 8 s under full load: the other 40 OPDs and Wi-Fi got >= {min(ratios):.3f} of their "
+          f"guarantee/floor; below 95% (Wi-Fi 90%): {short or 'none'}; "
           f"opd25 probe lost {behind['lost']}, first answer {first_after:.2f} s after the link came back; "
           f"after: fd3's OPDs below 95%: {recovered_short or 'none'}")
     assert all(during[name] for name in during if name not in cut)
