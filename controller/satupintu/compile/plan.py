@@ -111,7 +111,7 @@ class QueuePlan:
     default_minor: int
     classes: tuple[HtbClass, ...]
     rules: tuple[U32Rule, ...]
-    leaf_qdisc: str = "auto"  # "auto": fq_codel when the kernel has it, else bfifo
+    leaf_qdisc: str = "auto"  # "auto": fq_codel when the kernel has it, else pfifo_head_drop
     leaf_limit_bytes: dict[int, int] = field(default_factory=dict, compare=False, hash=False)
 
 

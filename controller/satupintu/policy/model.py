@@ -6,7 +6,7 @@ import ipaddress
 import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, WithJsonSchema, field_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, WithJsonSchema, field_validator
 
 from satupintu.policy.units import RATE_HELP, format_rate, parse_rate
 
@@ -20,6 +20,7 @@ DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 MAX_OWNER_ID = 8000  # HTB minors are 16 bits: id * 8 + class id must fit
 CODE_PATTERN = r"^[A-Z][A-Z0-9_-]{0,23}$"
 NAME_PATTERN = r"^[a-z][a-z0-9-]{0,31}$"
+IPV4_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
 
 
 def _rate(value: object) -> int:
@@ -48,7 +49,21 @@ def _prefix(value: object) -> str:
             fixed = ipaddress.ip_network(value.strip(), strict=False)
             raise ValueError(f"'{value}' has host bits set: did you mean {fixed}?") from None
         raise ValueError(f"'{value}' is not an IPv4/IPv6 prefix like 10.1.7.0/24") from None
+    if isinstance(network, ipaddress.IPv6Network) and network.subnet_of(IPV4_MAPPED):
+        raise ValueError(f"'{value}' is an IPv4-mapped IPv6 prefix: write the IPv4 prefix itself")
     return str(network)
+
+
+def _display_name(value: str) -> str:
+    """Free-text names reach dashboards and reports: no control, bidi or invisible characters
+    (a right-to-left override can make one OPD's name read as another's)."""
+    import unicodedata
+
+    for character in value:
+        if unicodedata.category(character) in ("Cc", "Cf", "Co", "Cs", "Zl", "Zp"):
+            raise ValueError(f"contains the invisible or control character U+{ord(character):04X} "
+                             f"{unicodedata.name(character, '(unnamed)')}; names are plain text")
+    return value
 
 
 def _ports(value: object) -> tuple[int, int]:
@@ -86,6 +101,7 @@ Dscp = Annotated[
                               {"type": "string", "enum": sorted(DSCP_NAMES)}]}),
 ]
 Prefix = Annotated[str, BeforeValidator(_prefix), WithJsonSchema({"type": "string", "examples": ["10.1.7.0/24"]})]
+DisplayName = Annotated[str, AfterValidator(_display_name)]
 PortRange = Annotated[
     tuple[int, int], BeforeValidator(_ports),
     PlainSerializer(lambda r: str(r[0]) if r[0] == r[1] else f"{r[0]}-{r[1]}"),
@@ -138,7 +154,7 @@ class MatchRule(Strict):
 
 
 class TrafficClass(Strict):
-    id: int = Field(ge=1, le=7, description="Stable class id (1-7); part of every HTB leaf id.")
+    id: int = Field(ge=1, le=7, strict=True, description="Stable class id (1-7); part of every HTB leaf id.")
     name: str = Field(pattern=NAME_PATTERN)
     dscp: Dscp = Field(description="DSCP written on this class's packets at the edge (trust boundary).")
     priority: int = Field(ge=0, le=6, description="HTB prio: 0 is served first; 7 is reserved for Wi-Fi.")
@@ -148,9 +164,9 @@ class TrafficClass(Strict):
 
 
 class Opd(Strict):
-    id: int = Field(ge=1, le=MAX_OWNER_ID, description="Stable numeric id; never reuse one.")
+    id: int = Field(ge=1, le=MAX_OWNER_ID, strict=True, description="Stable numeric id; never reuse one.")
     code: str = Field(pattern=CODE_PATTERN, description="Short ASCII code, e.g. DINKES.")
-    name: str = Field(min_length=1, max_length=120)
+    name: DisplayName = Field(min_length=1, max_length=120)
     prefixes: list[Prefix] = Field(min_length=1, max_length=64)
     download: Allocation
     upload: Allocation
@@ -165,9 +181,9 @@ class DirectionRates(Strict):
 class WifiPool(Strict):
     """Free public Wi-Fi: only what the OPDs leave unused, above a small floor."""
 
-    id: int = Field(ge=1, le=MAX_OWNER_ID)
+    id: int = Field(ge=1, le=MAX_OWNER_ID, strict=True)
     code: str = Field(pattern=CODE_PATTERN)
-    name: str = Field(min_length=1, max_length=120)
+    name: DisplayName = Field(min_length=1, max_length=120)
     prefixes: list[Prefix] = Field(min_length=1, max_length=64)
     floor: DirectionRates
     ceiling: DirectionRates | None = Field(None, description="Defaults to the backbone capacity.")
@@ -199,7 +215,7 @@ class Policy(Strict):
     """A province's sharing policy: the file network engineers edit."""
 
     version: Literal[1] = Field(description="Policy format version.")
-    name: str = Field(min_length=1, max_length=120)
+    name: DisplayName = Field(min_length=1, max_length=120)
     timezone: str = Field("Asia/Jakarta", description="IANA zone for schedules (WIB = Asia/Jakarta).")
     backbone: Capacity
     allow_oversubscription: bool = Field(False, description="Sum of guarantees may exceed capacity (warning).")
