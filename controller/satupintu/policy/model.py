@@ -4,9 +4,19 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import unicodedata
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, WithJsonSchema, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    WithJsonSchema,
+    field_validator,
+)
 
 from satupintu.policy.units import RATE_HELP, format_rate, parse_rate
 
@@ -57,7 +67,6 @@ def _prefix(value: object) -> str:
 def _display_name(value: str) -> str:
     """Free-text names reach dashboards and reports: no control, bidi or invisible characters
     (a right-to-left override can make one OPD's name read as another's)."""
-    import unicodedata
 
     for character in value:
         if unicodedata.category(character) in ("Cc", "Cf", "Co", "Cs", "Zl", "Zp"):
