@@ -35,6 +35,7 @@ SETTLE_S = 0.2
 # change); less often when reading back is slow, so it costs at most VERIFY_SHARE of a core.
 VERIFY_QUEUES_S = 5.0
 VERIFY_SHARE = 0.05
+REPEAT_WARNING_S = 60.0  # a port that stays unshapeable is retried every second but logged this often
 
 
 class FlowDriver(Protocol):
@@ -84,6 +85,8 @@ class Enforcer:
         self.status = EnforcerStatus()
         self._mtime: float | None = None
         self._next_verify = 0.0
+        self.repeat_warning_s = REPEAT_WARNING_S
+        self._unshaped: dict[str, tuple[str, float]] = {}  # port -> (error, when last logged)
 
     # ------------------------------------------------------------------ reloads
 
@@ -148,8 +151,21 @@ class Enforcer:
             except Exception as error:  # netlink errors, port not there yet
                 ok = False
                 self.status.queues_applied[plan.port] = {"error": f"{type(error).__name__}: {error}"}
-                log.warning("cannot shape %s yet: %s", plan.port, error)
+                self._warn_unshaped(plan.port, str(error))
+            else:
+                if self._unshaped.pop(plan.port, None) is not None:
+                    log.warning("%s is shaped again", plan.port)
         return ok
+
+    def _warn_unshaped(self, port: str, error: str) -> None:
+        """Once per port and error, then every repeat_warning_s: a missing port must not flood the journal."""
+        now = time.monotonic()
+        last = self._unshaped.get(port)
+        if last is not None and last[0] == error and now - last[1] < self.repeat_warning_s:
+            return
+        self._unshaped[port] = (error, now)
+        log.warning("cannot shape %s yet: %s (retrying every second, logged every %.0f s)", port, error,
+                    self.repeat_warning_s)
 
     def keep_queues(self) -> None:
         """Call often: retries ports that failed and, every VERIFY_QUEUES_S, makes every tree match
