@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_enforce as bed
 from synthetic import synthetic_policy_text
 
+from satupintu.emulation.processes import stop_process
 from satupintu.policy.load import load_policy_text
 from satupintu.topology import topology_yaml
 
@@ -89,13 +90,7 @@ class Daemon:
         return values
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, timeout_s=30)
 
 
 def _reconciles(status: dict) -> dict[str, dict]:

@@ -51,6 +51,7 @@ from synthetic import synthetic_policy_text
 from satupintu.compile.state import compile_state
 from satupintu.drivers.openflow import plans_to_json
 from satupintu.drivers.tc import ApplyReport, TcShaper
+from satupintu.emulation.processes import stop_process
 from satupintu.policy.load import load_policy_text
 from satupintu.topology import Topology, Trunk
 
@@ -187,13 +188,7 @@ class Controller:
         return values
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, timeout_s=10)
 
 
 def apply_tc(state, only: list[str] | None = None) -> tuple[float, list[ApplyReport]]:

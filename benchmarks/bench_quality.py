@@ -46,6 +46,7 @@ from faucet_config import OwnerRates, faucet_config, owner_rates
 from satupintu.compile.plan import Direction, leaf_minor
 from satupintu.drivers.tc import read_stats
 from satupintu.emulation.network import EmulatedNetwork, renamed
+from satupintu.emulation.processes import stop_process
 from satupintu.emulation.session import EmulationSession, ensure_ovs
 from satupintu.emulation.traffic import Host, IperfServers, collect, in_host, percentile, run_flows, start_client
 from satupintu.policy.load import load_policy
@@ -250,13 +251,7 @@ class Backbone:
             self._session.stop()
         if self._network is not None:
             self._network.stop()
-        if self._faucet is not None and self._faucet.poll() is None:
-            self._faucet.terminate()
-            try:
-                self._faucet.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self._faucet.kill()
-                self._faucet.wait()
+        stop_process(self._faucet, timeout_s=15)
 
 
 # ------------------------------------------------------------------ scenarios

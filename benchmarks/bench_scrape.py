@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import socket
 import statistics
 import subprocess
@@ -36,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from synthetic import synthetic_policy_text
 
 from satupintu.emulation.network import renamed
+from satupintu.emulation.processes import stop_process
 from satupintu.emulation.session import enforcement_ready
 from satupintu.policy.load import load_policy_text
 from satupintu.status.exposition import parse_snapshot
@@ -155,13 +155,7 @@ def run(opd_count: int, repeat: int) -> dict:
                 snapshot = parse_snapshot(text, 0.0)
                 parse_ms.append((time.perf_counter() - started) * 1000)
         finally:
-            if daemon is not None and daemon.poll() is None:
-                daemon.send_signal(signal.SIGTERM)
-                try:
-                    daemon.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    daemon.kill()
-                    daemon.wait()
+            stop_process(daemon, timeout_s=30)
             teardown(topology)
     samples = sum(1 for line in text.splitlines() if line and not line.startswith("#"))
     return {

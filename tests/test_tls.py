@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import socket
 import ssl
 import struct
@@ -27,6 +26,7 @@ import pytest
 from satupintu.compile.plan import FlowSpec, RuleKind, SwitchPlan, flow_cookie
 from satupintu.drivers.openflow import plans_to_json
 from satupintu.drivers.tls import TlsConfigError, accept, server_context
+from satupintu.emulation.processes import stop_process
 
 REPO = Path(__file__).resolve().parents[1]
 TLS_PORT = 6824  # assigned to the security tests
@@ -206,13 +206,7 @@ def _wait_listening(port: int, process: subprocess.Popen, log: Path) -> None:
 
 
 def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=TIMEOUT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    stop_process(process, timeout_s=TIMEOUT)
 
 
 def _env() -> dict[str, str]:

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import yaml
 
+from satupintu.emulation.processes import stop_process
+
 PROMETHEUS = "/usr/bin/prometheus"
 
 
@@ -83,13 +85,7 @@ class PrometheusServer:
             return False
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, timeout_s=20)
 
     def __enter__(self) -> PrometheusServer:
         self.start()

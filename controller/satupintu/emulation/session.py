@@ -13,6 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from satupintu.emulation.processes import stop_process
 from satupintu.policy.load import load_policy
 from satupintu.topology import Topology, load_topology, topology_yaml
 
@@ -55,13 +56,7 @@ class ControllerProcess:
             self.process = subprocess.Popen(argv, stdout=log_handle, stderr=log_handle, start_new_session=True)
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, sig, timeout_s=15)
 
     def status(self) -> dict:
         try:

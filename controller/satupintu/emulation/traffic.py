@@ -9,6 +9,8 @@ import subprocess
 import time
 from dataclasses import dataclass
 
+from satupintu.emulation.processes import stop_process
+
 IPERF_BASE_PORT = 5200
 # Traffic stands for OPD clients (Windows and Linux default to CUBIC), not for this machine's
 # BBR default, which starves competing flows behind shallow HTB queues (measured: some OPDs at 0).
@@ -64,11 +66,7 @@ class IperfServers:
             if process.poll() is None:
                 process.terminate()
         for process in self.processes:
-            try:
-                process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop_process(process, timeout_s=5)
         self.processes.clear()
 
     def __enter__(self) -> IperfServers:
