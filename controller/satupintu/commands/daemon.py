@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
+import queue
 import signal
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,7 +30,7 @@ DEFAULT_OPENFLOW = "127.0.0.1:6653"
 DEFAULT_METRICS = "127.0.0.1:9733"
 DEFAULT_PID_FILE = "/run/satupintu/satupintu.pid"
 DEFAULT_STATUS_FILE = "/run/satupintu/status.json"
-POLL_SECONDS = 0.5
+POLL_SECONDS = 0.5  # the policy file watch; signals wake the loop at once
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -94,14 +95,41 @@ def _configure_logging(level: str) -> None:
 
 
 class _Signals:
-    """Signal handlers only set flags; the main loop does the work."""
+    """Signal handlers only set a flag and wake the main loop, which does the work at once.
+
+    The wake-up is a queue.SimpleQueue, not a threading.Event: Event.set() takes the Event's own
+    lock, which is not reentrant, and the handler runs in the main thread, so a signal arriving
+    while that thread holds the lock inside wait() or clear() hangs the daemon for good (a
+    SIGHUP storm does it within seconds). SimpleQueue.put() is reentrant by design."""
 
     def __init__(self) -> None:
-        self.stop = threading.Event()
-        self.reload = threading.Event()
-        signal.signal(signal.SIGTERM, lambda *_: self.stop.set())
-        signal.signal(signal.SIGINT, lambda *_: self.stop.set())
-        signal.signal(signal.SIGHUP, lambda *_: self.reload.set())
+        self.stop = False
+        self.reload = False
+        self._wake: queue.SimpleQueue[None] = queue.SimpleQueue()
+        signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGINT, self._on_stop)
+        signal.signal(signal.SIGHUP, self._on_reload)
+
+    def _on_stop(self, *_: object) -> None:
+        self.stop = True
+        self._wake.put(None)
+
+    def _on_reload(self, *_: object) -> None:
+        self.reload = True
+        self._wake.put(None)
+
+    def wait(self, timeout: float) -> bool:
+        """Sleep until a signal comes or `timeout` passes; True when the daemon should stop."""
+        with contextlib.suppress(queue.Empty):
+            self._wake.get(timeout=max(0.0, timeout))
+        while not self._wake.empty():  # one pass of the loop answers every signal so far
+            self._wake.get_nowait()
+        return self.stop
+
+    def take_reload(self) -> bool:
+        """Whether a SIGHUP came; reset before the reload, so one during it brings another."""
+        requested, self.reload = self.reload, False
+        return requested
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -175,11 +203,11 @@ class Daemon:
         next_stats = 0.0
         try:
             # The watchdog is fed from this loop only: if a reload, a driver call or a file read
-            # wedges it, WATCHDOG=1 stops and systemd restarts the service.
-            while not signals.stop.wait(_wait_s(notifier)):
+            # wedges it, WATCHDOG=1 stops and systemd restarts the service. A signal ends the
+            # wait at once (a SIGHUP reload starts within milliseconds, not up to POLL_SECONDS).
+            while not signals.wait(_wait_s(notifier)):
                 notifier.watchdog()
-                if signals.reload.is_set():
-                    signals.reload.clear()
+                if signals.take_reload():
                     self._reload(enforcer, notifier, "SIGHUP")
                 elif not args.no_watch and enforcer.file_changed():
                     self._reload(enforcer, notifier, "file changed")
