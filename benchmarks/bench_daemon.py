@@ -41,7 +41,7 @@ TIMEOUT_S = 120.0
 
 
 class Daemon:
-    def __init__(self, workdir: Path, policy_text: str) -> None:
+    def __init__(self, workdir: Path, policy_text: str, profile: Path | None = None) -> None:
         self.workdir = workdir
         self.policy = workdir / "policy.yaml"
         self.status_file = workdir / "status.json"
@@ -52,7 +52,8 @@ class Daemon:
         topology.write_text(topology_yaml(bed.bench_topology(owners)))
         self.status_file.unlink(missing_ok=True)
         self.process = subprocess.Popen(
-            [str(bed.PYTHON), "-m", "satupintu.cli", "run", "--policy", str(self.policy), "--topology", str(topology),
+            [str(bed.PYTHON), *(["-m", "cProfile", "-o", str(profile)] if profile else []),
+             "-m", "satupintu.cli", "run", "--policy", str(self.policy), "--topology", str(topology),
              "--openflow-listen", f"{bed.LISTEN[0]}:{bed.LISTEN[1]}", "--metrics-listen", METRICS_LISTEN,
              "--pid-file", str(workdir / "daemon.pid"), "--status-file", str(self.status_file), "--no-watch",
              "--log-level", "WARNING"],
@@ -97,11 +98,11 @@ def _reconciles(status: dict) -> dict[str, dict]:
     return {name: (entry.get("last_reconcile") or {}) for name, entry in (status.get("switches") or {}).items()}
 
 
-def run_once(opd_count: int, workdir: Path) -> dict[str, float]:
+def run_once(opd_count: int, workdir: Path, profile: Path | None = None) -> dict[str, float]:
     base_text = bed.with_hard_cap(synthetic_policy_text(opd_count), bed.HARD_CAP)
     out: dict[str, float] = {}
     bed.setup()
-    daemon = Daemon(workdir, base_text)
+    daemon = Daemon(workdir, base_text, profile)
     try:
         status = daemon.wait(lambda s: s.get("generation", 0) >= 1 and len(s.get("queues") or {}) == 2, "start")
         out["startup reload s"] = status["last_reload"]["duration_s"]
@@ -154,15 +155,20 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--sizes", default="50,500")
+    parser.add_argument("--profile", metavar="DIR", type=Path,
+                        help="run the daemon under cProfile; DIR/daemon-<OPDs>-<run>.prof (times inflate ~2-3x)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("needs root (OVS bridges, veths, tc)", file=sys.stderr)
         return 2
     for size in (int(value) for value in args.sizes.split(",")):
         runs = []
-        for _ in range(args.repeat):
+        for run in range(args.repeat):
+            profile = args.profile / f"daemon-{size}-{run}.prof" if args.profile else None
+            if profile:
+                profile.parent.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory(prefix="bench-daemon-") as tmp:
-                runs.append(run_once(size, Path(tmp)))
+                runs.append(run_once(size, Path(tmp), profile))
         bed.print_summary(size, runs)
     return 0
 

@@ -26,6 +26,7 @@ from satupintu.drivers.tc import (
     TcError,
     TcShaper,
     _decode_rule_sel,
+    _in_place_changes,
     _rule_sel,
     _xmittime,
     probe_leaf_qdisc,
@@ -335,6 +336,50 @@ def test_new_default_class_rebuilds_because_htb_cannot_change_it(veth: None) -> 
     assert shaper.apply(_plan(), netns=NS_A).rebuilt
 
 
+def _with_leaf_ceil(plan: QueuePlan, minor: int, ceil: int) -> QueuePlan:
+    return replace(plan, classes=tuple(replace(k, ceil_bps=ceil, cburst_bytes=_burst(ceil)) if k.minor == minor
+                                       else k for k in plan.classes))
+
+
+@pytest.mark.netns
+def test_unverified_rate_change_is_sent_without_reading_the_port_back(veth: None) -> None:
+    shaper = TcShaper()
+    shaper.apply(_plan(), netns=NS_A)
+    inner = shaper.apply(_plan(b_ceil=10 * M), netns=NS_A, verify=False)
+    assert (inner.read_back, inner.dumps, inner.requests, inner.classes_changed, inner.fallback) == (
+        False, 0, 1, 1, "")
+    assert read_stats(IF_A, netns=NS_A)[B].ceil_bps == 10 * M
+    # A leaf's ceiling also sizes its queue: the class and its leaf qdisc change, nothing else.
+    leaf = shaper.apply(_with_leaf_ceil(_plan(b_ceil=10 * M), B_DEF, 8 * M), netns=NS_A, verify=False)
+    assert (leaf.read_back, leaf.dumps, leaf.classes_changed, leaf.qdiscs_changed, leaf.requests) == (
+        False, 0, 1, 1, 2)
+    # The kernel now holds exactly that plan: reading it back finds nothing to send.
+    check = TcShaper().apply(_with_leaf_ceil(_plan(b_ceil=10 * M), B_DEF, 8 * M), netns=NS_A)
+    assert (check.read_back, check.requests, check.rebuilt) == (True, 0, False)
+
+
+@pytest.mark.netns
+def test_unverified_structural_change_or_unknown_port_is_read_back(veth: None) -> None:
+    shaper = TcShaper()
+    first = shaper.apply(_plan(), netns=NS_A, verify=False)  # never verified by this shaper
+    assert first.read_back and first.fallback == "port not verified yet"
+    removed = shaper.apply(_plan(with_b=False), netns=NS_A, verify=False)
+    assert removed.read_back and removed.fallback == "classes added or removed"
+    assert (removed.classes_removed, removed.filters_removed) == (3, 2)
+    assert TcShaper().apply(_plan(with_b=False), netns=NS_A).requests == 0
+
+
+@pytest.mark.netns
+def test_unverified_change_after_drift_falls_back_to_a_full_repair(veth: None) -> None:
+    shaper = TcShaper()
+    shaper.apply(_plan(), netns=NS_A)
+    _run("tc", "qdisc", "del", "dev", IF_A, "root", ns=NS_A)  # behind the shaper's back
+    report = shaper.apply(_plan(b_ceil=10 * M), netns=NS_A, verify=False)
+    assert report.read_back and report.rebuilt and report.fallback.startswith("refused: ")
+    assert read_stats(IF_A, netns=NS_A)[B].ceil_bps == 10 * M
+    assert TcShaper().apply(_plan(b_ceil=10 * M), netns=NS_A).requests == 0
+
+
 # ---------------------------------------------------------------- pure (no kernel)
 
 
@@ -362,3 +407,18 @@ def test_invalid_plans_are_refused_before_touching_the_kernel() -> None:
     for bad in (bad_bucket, bad_parent, inner_default, link_node):
         with pytest.raises(PlanError):
             TcShaper().apply(bad)
+
+
+def test_in_place_changes_only_for_values_htb_changes_in_place() -> None:
+    plan = _plan()
+    assert _in_place_changes(plan, plan) == ([], [])
+    classes, leaves = _in_place_changes(plan, _with_leaf_ceil(plan, B_DEF, 8 * M))
+    assert [k.minor for k in classes] == [B_DEF] and [k.minor for k in leaves] == [B_DEF]
+    classes, leaves = _in_place_changes(plan, _plan(b_ceil=10 * M))
+    assert [k.minor for k in classes] == [B] and leaves == []  # an inner class has no leaf queue
+    moved = replace(plan, classes=tuple(replace(k, parent_minor=A) if k.minor == B else k for k in plan.classes))
+    retargeted = replace(plan, rules=tuple(replace(r, flow_minor=A_RT) if r.node == 8 else r for r in plan.rules))
+    assert _in_place_changes(plan, moved) == "classes added, removed or moved"
+    assert _in_place_changes(plan, _plan(with_b=False)) == "classes added or removed"
+    assert _in_place_changes(plan, retargeted) == "classifier rules changed"
+    assert _in_place_changes(plan, replace(plan, default_minor=A_DEF)) == "direction or default class changed"

@@ -1,14 +1,18 @@
 """The daemon's brain, free of os-ken and pyroute2: load -> compile -> hand plans to drivers.
 
 A reload that fails validation changes nothing; a reload that succeeds hands the new
-desired state to the drivers, which apply only the difference.
+desired state to the drivers, which apply only the difference, and keeps a copy of the policy
+it applied (the last good copy): a daemon that starts while the policy file is invalid
+enforces that copy instead of nothing, and still watches the file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,9 +22,10 @@ from typing import Protocol
 
 from satupintu.compile.plan import DesiredState, QueuePlan, SwitchPlan
 from satupintu.compile.state import compile_state
-from satupintu.policy.errors import PolicyError
-from satupintu.policy.load import LoadedPolicy, load_policy
+from satupintu.policy.errors import Issue, PolicyError
+from satupintu.policy.load import LoadedPolicy, load_policy_bytes
 from satupintu.policy.schedule import active_window, next_boundary
+from satupintu.policy.source import MAX_FILE_BYTES
 from satupintu.topology import Topology
 
 log = logging.getLogger("satupintu.enforcer")
@@ -36,6 +41,7 @@ SETTLE_S = 0.2
 VERIFY_QUEUES_S = 5.0
 VERIFY_SHARE = 0.05
 REPEAT_WARNING_S = 60.0  # a port that stays unshapeable is retried every second but logged this often
+LAST_GOOD_NAME = "last-good-policy.yaml"  # in the state directory (`satupintu run --state-dir`)
 
 
 class FlowDriver(Protocol):
@@ -43,7 +49,7 @@ class FlowDriver(Protocol):
 
 
 class QueueDriver(Protocol):
-    def apply(self, plan: QueuePlan) -> object: ...
+    def apply(self, plan: QueuePlan, *, verify: bool = True) -> object: ...
 
 
 @dataclass(slots=True)
@@ -72,8 +78,12 @@ class Enforcer:
 
     def __init__(self, policy_path: str | Path, topology: Topology, flows: FlowDriver, queues: QueueDriver,
                  *, scale: float = 1.0, status_file: str | Path | None = None,
-                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
-        self.policy_path = Path(policy_path)
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+                 last_good_file: str | Path | None = None) -> None:
+        self.source_path = Path(policy_path)  # the policy file: watched and reloaded
+        self.in_force = self.source_path  # the file the enforced policy was read from
+        self.last_good_file = Path(last_good_file) if last_good_file else None
+        self._last_good_error: str | None = None  # the last warning about keeping the copy
         self.topology = topology
         self.flows = flows
         self.queues = queues
@@ -88,6 +98,16 @@ class Enforcer:
         self.repeat_warning_s = REPEAT_WARNING_S
         self._unshaped: dict[str, tuple[str, float]] = {}  # port -> (error, when last logged)
 
+    @property
+    def policy_path(self) -> Path:
+        """The file the enforced policy came from: the policy file, or the last good copy while
+        that stands in for an invalid one (the `file` label of satupintu_policy_info)."""
+        return self.in_force
+
+    @property
+    def last_good_in_force(self) -> bool:
+        return self.in_force != self.source_path
+
     # ------------------------------------------------------------------ reloads
 
     def reload(self, reason: str) -> bool:
@@ -95,28 +115,31 @@ class Enforcer:
         started = time.monotonic()
         mtime = self._stat_mtime()  # before reading: a change while we read is seen next time
         try:
-            loaded = load_policy(self.policy_path)
-            window = active_window(loaded.policy, self.clock())
-            desired = self._compile(loaded, window)
-        except PolicyError as error:
-            return self._rejected(reason, started, mtime, [str(issue) for issue in error.issues])
-        except ValueError as error:  # compile-time impossibilities (topology lacks an OPD, u32 limits)
-            return self._rejected(reason, started, mtime, [f"{self.policy_path}: {error}"])
-        for warning in loaded.warnings:
+            prepared = prepare(self.source_path, self.topology, scale=self.scale, now=self.clock())
+        except Unusable as error:
+            return self._rejected(reason, started, mtime, error.messages)
+        for warning in prepared.loaded.warnings:
             log.warning("%s", warning)
         self._mtime = mtime
-        self.loaded = loaded
-        self._apply(desired)
-        self.status.generation += 1
-        self.status.policy_sha256 = loaded.sha256
+        if self.last_good_in_force:
+            log.info("%s is valid again: it replaces the last good copy", self.source_path)
+        self._enforce(prepared)
         self.status.reloads_ok += 1
         self.status.last_good_reload = time.time()
         record = ReloadRecord(True, reason, time.time(), time.monotonic() - started)
         self.status.last = record
         log.info("policy generation %d applied (%s, window %s) in %.3fs", self.status.generation, reason,
-                 desired.schedule_window, record.duration_s)
+                 prepared.desired.schedule_window, record.duration_s)
         self.write_status()
+        self._keep_last_good(prepared.raw)
         return True
+
+    def _enforce(self, prepared: Prepared) -> None:
+        self.loaded = prepared.loaded
+        self.in_force = prepared.path
+        self._apply(prepared.desired)
+        self.status.generation += 1
+        self.status.policy_sha256 = prepared.loaded.sha256
 
     def _compile(self, loaded: LoadedPolicy, window: str) -> DesiredState:
         return compile_state(loaded.policy, self.topology, window=window, scale=self.scale,
@@ -126,28 +149,75 @@ class Enforcer:
         self._mtime = mtime
         self.status.reloads_failed += 1
         self.status.last = ReloadRecord(False, reason, time.time(), time.monotonic() - started, messages)
-        log.error("policy reload (%s) rejected; the running policy stays:\n%s", reason, "\n".join(messages))
+        # Nothing in force yet (the daemon is starting): the last good copy, rather than nothing.
+        # The rejection still counts, so the reload-failed alert fires until the file is fixed.
+        if self.loaded is not None or not self._fall_back(messages):
+            log.error("policy reload (%s) rejected; %s:\n%s", reason,
+                      "no policy is in force" if self.loaded is None else "the running policy stays",
+                      "\n".join(messages))
         self.write_status()
         return False
+
+    def _fall_back(self, messages: list[str]) -> bool:
+        """Enforce the last good copy in place of the invalid policy file, if it compiles."""
+        copy = self.last_good_file
+        if copy is None or not os.path.exists(copy):
+            return False
+        try:
+            prepared = prepare(copy, self.topology, scale=self.scale, now=self.clock())
+        except Unusable as error:
+            log.error("the last good copy %s cannot stand in for the invalid policy file:\n%s", copy,
+                      "\n".join(error.messages))
+            return False
+        log.error("%s is invalid (%d problems); enforcing the last good copy %s instead, from %s (sha256 %s), "
+                  "until the file is fixed (it is still watched, and reloaded on SIGHUP):\n%s", self.source_path,
+                  len(messages), copy, _when(prepared.mtime), prepared.loaded.sha256[:12], "\n".join(messages))
+        self._enforce(prepared)
+        return True
+
+    def _keep_last_good(self, raw: bytes) -> None:
+        """Write the policy just applied to the last good copy, atomically and only when it
+        differs. A failure is a warning (once per error), never fatal."""
+        copy = self.last_good_file
+        if copy is None:
+            return
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                if copy.read_bytes() == raw:
+                    return
+            copy.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+            write_atomically(copy, raw)
+        except OSError as error:
+            problem = f"{error.strerror or error}" + (f": {error.filename}" if error.filename else "")
+            if problem != self._last_good_error:
+                log.warning("cannot keep the last good policy in %s: %s (the daemon runs on, but a restart "
+                            "while the policy file is invalid will not have it to fall back on)", copy, problem)
+            self._last_good_error = problem
+            return
+        if self._last_good_error is not None:
+            log.info("the last good policy is kept in %s again", copy)
+        self._last_good_error = None
 
     def _apply(self, desired: DesiredState) -> None:
         previous = {plan.port: plan for plan in self.desired.queues} if self.desired else {}
         self.desired = desired
         self.status.window = desired.schedule_window
         self.flows.set_desired({plan.dpid: plan for plan in desired.switches})
-        # A port whose tree did not change is not read back (measured: 65 ms per port at 500 OPDs).
+        # A port whose tree did not change is not touched, and a changed one is not read back
+        # (65 ms per port at 500 OPDs) unless the change is structural: keep_queues verifies.
         changed = [plan for plan in desired.queues
                    if previous.get(plan.port) != plan or "error" in self.status.queues_applied.get(plan.port, {})]
-        self.reapply_queues(changed)
+        self.reapply_queues(changed, verify=False)
 
-    def reapply_queues(self, plans: list[QueuePlan] | None = None) -> bool:
-        """Make the tc trees match (again); a missing port is retried later, never fatal."""
+    def reapply_queues(self, plans: list[QueuePlan] | None = None, *, verify: bool = True) -> bool:
+        """Make the tc trees match (again); a missing port is retried later, never fatal.
+        verify=False lets the driver send a rate-only change without reading the port back."""
         if self.desired is None:
             return True
         ok = True
         for plan in self.desired.queues if plans is None else plans:
             try:
-                self.status.queues_applied[plan.port] = _as_dict(self.queues.apply(plan))
+                self.status.queues_applied[plan.port] = _as_dict(self.queues.apply(plan, verify=verify))
             except Exception as error:  # netlink errors, port not there yet
                 ok = False
                 self.status.queues_applied[plan.port] = {"error": f"{type(error).__name__}: {error}"}
@@ -197,7 +267,7 @@ class Enforcer:
 
     def _stat_mtime(self) -> float | None:
         try:
-            return os.stat(self.policy_path).st_mtime
+            return os.stat(self.source_path).st_mtime
         except OSError:
             return None
 
@@ -230,7 +300,9 @@ class Enforcer:
         return {
             "pid": os.getpid(),
             "generation": status.generation,
-            "policy_file": str(self.policy_path),
+            "policy_file": str(self.source_path),
+            "enforced_file": str(self.policy_path),  # the last good copy while the policy file is invalid
+            "last_good_file": None if self.last_good_file is None else str(self.last_good_file),
             "policy_sha256": status.policy_sha256,
             "window": status.window,
             "scale": self.scale,
@@ -250,6 +322,70 @@ class Enforcer:
         temporary = self.status_file.with_suffix(".tmp")
         temporary.write_text(json.dumps(payload, indent=1, sort_keys=True))
         os.replace(temporary, self.status_file)
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A policy file read once, validated and compiled: what enforcing it means."""
+
+    path: Path
+    raw: bytes  # exactly what was read (the last good copy keeps these bytes)
+    mtime: float
+    loaded: LoadedPolicy
+    desired: DesiredState
+
+
+class Unusable(Exception):
+    """A policy file that cannot be enforced; `messages` are located (FILE:LINE:COL: ...)."""
+
+    def __init__(self, messages: list[str]) -> None:
+        super().__init__("\n".join(messages))
+        self.messages = messages
+
+
+def prepare(path: Path, topology: Topology, *, scale: float, now: datetime) -> Prepared:
+    """Read, validate and compile one policy file against the topology, or raise Unusable."""
+    name = str(path)
+    try:
+        try:
+            with open(path, "rb") as handle:
+                raw = handle.read(MAX_FILE_BYTES + 1)  # load_policy_bytes refuses more, located
+                mtime = os.fstat(handle.fileno()).st_mtime
+        except OSError as error:
+            raise PolicyError([Issue(name, 1, 1, f"cannot read file: {error.strerror or error}")]) from None
+        loaded = load_policy_bytes(raw, name)
+        desired = compile_state(loaded.policy, topology, window=active_window(loaded.policy, now), scale=scale,
+                                policy_hash=loaded.sha256)
+    except PolicyError as error:
+        raise Unusable([str(issue) for issue in error.issues]) from None
+    except ValueError as error:  # compile-time impossibilities (topology lacks an OPD, u32 limits)
+        raise Unusable([f"{name}: {error}"]) from None
+    return Prepared(path, raw, mtime, loaded, desired)
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Temporary file in the same directory, fsync, rename over `path`, fsync the directory:
+    after a crash or a power cut `path` holds the old bytes or the new ones, never a mix."""
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+def _when(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp).astimezone().isoformat(sep=" ", timespec="seconds")
 
 
 def _as_dict(report: object) -> dict:
