@@ -2,7 +2,8 @@
 security review; scripts/install.sh lays out user, venv, config and unit under a temporary
 DESTDIR (nothing on the machine changes), idempotently; the installed daemon, started the way
 the unit says (its user, only its ambient capabilities, its environment file, a read-only file
-system but its run directory, no writable-executable memory, its system call and address family filters), shapes
+system but its run and state directories, no writable-executable memory, its system call and address family
+filters), shapes
 the gateway ports, and cannot without CAP_NET_ADMIN. SATUPINTU_* variables configure the daemon.
 """
 
@@ -261,8 +262,9 @@ def allowed_syscalls(filters: list[str]) -> set[str]:
     return allowed
 
 
-# ProtectSystem=strict with RuntimeDirectory=, in a mount namespace of the daemon's own: every
-# mount read-only (kernel file systems aside) except the run directory ($1).
+# ProtectSystem=strict with RuntimeDirectory= and StateDirectory=, in a mount namespace of the
+# daemon's own: every mount read-only (kernel file systems aside) except the run directory ($1),
+# which holds the state directory too.
 _READ_ONLY_BUT_RUNDIR = """
 set -e
 findmnt -rn -o TARGET | grep -v -E '^/(proc|sys|dev)(/|$)' | while read -r target; do
@@ -286,11 +288,12 @@ def _run_as_service(destdir: Path, netns: str, workdir: Path, capabilities: str)
             "SATUPINTU_POLICY": str(destdir / CONF / "policy.yaml"),
             "SATUPINTU_TOPOLOGY": str(destdir / CONF / "topology.yaml"),
             "SATUPINTU_PID_FILE": str(workdir / "satupintu.pid"),
-            "SATUPINTU_STATUS_FILE": str(workdir / "status.json")}
+            "SATUPINTU_STATUS_FILE": str(workdir / "status.json"),
+            "SATUPINTU_STATE_DIR": str(workdir / "state")}
     exec_start = unit["ExecStart"][0].split()
     exec_start[0] = str(destdir) + exec_start[0]
     mdwe = [sys.executable, "-c", _MDWE_EXEC] if unit.get("MemoryDenyWriteExecute") == ["yes"] else []
-    assert unit["ProtectSystem"] == ["strict"] and unit["RuntimeDirectory"] == ["satupintu"]
+    assert unit["ProtectSystem"] == ["strict"] and unit["RuntimeDirectory"] == unit["StateDirectory"] == ["satupintu"]
     assert unit["SystemCallErrorNumber"] == ["EPERM"]
     read_only = ["unshare", "--mount", "--propagation", "private", "sh", "-c", _READ_ONLY_BUT_RUNDIR, "sh",
                  str(workdir)]
@@ -341,6 +344,8 @@ def test_installed_service_shapes_with_only_cap_net_admin_and_not_without(destdi
     workdir = Path(tempfile.mkdtemp(prefix="satupintu-run-"))
     uid, gid = _service_ids(destdir)
     os.chown(workdir, uid, gid)  # what RuntimeDirectory= gives it
+    (workdir / "state").mkdir(mode=0o750)
+    os.chown(workdir / "state", uid, gid)  # and StateDirectory=
     try:
         unit = unit_settings((destdir / UNIT.lstrip("/")).read_text())
         capabilities = "".join(f",+{cap.removeprefix('CAP_').lower()}" for cap in unit["AmbientCapabilities"])
@@ -351,6 +356,8 @@ def test_installed_service_shapes_with_only_cap_net_admin_and_not_without(destdi
             classes = subprocess.run(["tc", "-n", netns, "class", "show", "dev", port], capture_output=True,
                                      text=True, check=True, timeout=15).stdout
             assert classes.count("class htb") == shaped["queues"][port]["classes_added"], classes
+        copy = workdir / "state" / "last-good-policy.yaml"  # written inside the sandbox, by the service user
+        assert copy.read_bytes() == (destdir / CONF / "policy.yaml").read_bytes() and copy.stat().st_uid == uid
 
         for port in ports:
             subprocess.run(["tc", "-n", netns, "qdisc", "del", "dev", port, "root"], check=True, timeout=15)

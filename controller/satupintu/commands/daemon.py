@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import json
 import logging
 import os
@@ -12,6 +13,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,6 +25,7 @@ if TYPE_CHECKING:
     from satupintu.drivers.systemd_notify import SystemdNotifier
     from satupintu.enforcer import Enforcer
     from satupintu.metrics.exporter import Metrics
+    from satupintu.topology import Topology
 
 log = logging.getLogger("satupintu.daemon")
 
@@ -30,6 +33,7 @@ DEFAULT_OPENFLOW = "127.0.0.1:6653"
 DEFAULT_METRICS = "127.0.0.1:9733"
 DEFAULT_PID_FILE = "/run/satupintu/satupintu.pid"
 DEFAULT_STATUS_FILE = "/run/satupintu/status.json"
+DEFAULT_STATE_DIR = "/var/lib/satupintu"
 POLL_SECONDS = 0.5  # the policy file watch; signals wake the loop at once
 
 
@@ -44,6 +48,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--scale", type=float, default=1.0, help="multiply every rate (emulation uses 0.01)")
     run.add_argument("--pid-file", default=DEFAULT_PID_FILE, help=f"(default {DEFAULT_PID_FILE})")
     run.add_argument("--status-file", default=DEFAULT_STATUS_FILE, help=f"JSON status (default {DEFAULT_STATUS_FILE})")
+    run.add_argument("--state-dir", default=DEFAULT_STATE_DIR, metavar="DIR",
+                     help="keeps DIR/last-good-policy.yaml, a copy of the last policy applied; when the policy file "
+                          "is invalid at start, that copy is enforced (if it compiles) until the file is fixed, "
+                          f"instead of exiting (default {DEFAULT_STATE_DIR})")
     run.add_argument("--tls-key", default=None, help="controller private key (PEM): OpenFlow over TLS")
     run.add_argument("--tls-cert", default=None, help="controller certificate (PEM)")
     run.add_argument("--tls-ca", default=None, help="CA certificate that switch certificates must chain to")
@@ -139,13 +147,23 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if report_environment_errors(args):
         return 2
-    if load_or_report(args.policy) is None:
-        return 2
+    with contextlib.redirect_stderr(io.StringIO()) as policy_report:
+        policy_valid = load_or_report(args.policy) is not None
     try:
         topology = load_topology(args.topology)
     except PolicyError as error:
+        sys.stderr.write(policy_report.getvalue())
         for issue in error.issues:
             print(issue, file=sys.stderr)
+        return 2
+    # An invalid policy file with a last good copy that compiles: the daemon starts and enforces
+    # the copy (the Enforcer logs why); the report is printed only when it exits here.
+    stand_in = [] if policy_valid else _last_good_problems(args, topology)
+    if policy_valid or stand_in:
+        sys.stderr.write(policy_report.getvalue())  # its warnings, or the errors it exits for
+    if stand_in:
+        for line in stand_in:
+            print(line, file=sys.stderr)
         return 2
     of_host, of_port = split_address(args.openflow_listen, "--openflow-listen")
     tls = None
@@ -168,6 +186,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     return Daemon(args, topology, (of_host, of_port), tls).run()
 
 
+def _last_good_problems(args: argparse.Namespace, topology: Topology) -> list[str]:
+    """Why the last good copy cannot stand in for the invalid policy file ([] when it can)."""
+    from satupintu.enforcer import LAST_GOOD_NAME, Unusable, prepare
+
+    copy = Path(args.state_dir) / LAST_GOOD_NAME
+    if not os.path.exists(copy):
+        return [f"satupintu: no last good copy of the policy ({copy}) to enforce instead"]
+    try:
+        prepare(copy, topology, scale=args.scale, now=datetime.now(UTC))
+    except Unusable as error:
+        return [f"satupintu: the last good copy {copy} cannot be enforced instead either:", *error.messages]
+    return []
+
+
 class Daemon:
     def __init__(self, args: argparse.Namespace, topology, openflow: tuple[str, int], tls: dict | None) -> None:
         self.args = args
@@ -178,7 +210,7 @@ class Daemon:
     def run(self) -> int:
         from satupintu.drivers.systemd_notify import SystemdNotifier
         from satupintu.drivers.tc import TcShaper
-        from satupintu.enforcer import Enforcer
+        from satupintu.enforcer import LAST_GOOD_NAME, Enforcer
         from satupintu.metrics.exporter import Metrics
 
         args = self.args
@@ -194,7 +226,7 @@ class Daemon:
         log.info("OpenFlow listening on %s:%d%s", *self.openflow, " (TLS)" if self.tls else "")
         shaper = TcShaper()
         enforcer = Enforcer(args.policy, self.topology, driver, shaper, scale=args.scale,
-                            status_file=args.status_file)
+                            status_file=args.status_file, last_good_file=Path(args.state_dir) / LAST_GOOD_NAME)
         metrics.attach(enforcer, driver, shaper, self.topology)
         enforcer.reload("startup")
         # Ready once listening with the policy compiled and handed to the drivers: switches
@@ -265,6 +297,8 @@ def _status_line(enforcer: Enforcer, switches: dict | None) -> str:
     text = f"policy generation {status.generation} ({status.policy_sha256[:12]}), window {status.window}"
     if status.last is not None and not status.last.ok:
         text += f"; last reload REJECTED ({len(status.last.messages)} errors, old policy stays)"
+    if enforcer.last_good_in_force:
+        text += "; enforcing the LAST GOOD COPY (the policy file is invalid)"
     if switches is not None:
         expected = len(enforcer.desired.switches) if enforcer.desired else len(switches)
         in_sync = sum(1 for entry in switches.values() if entry.get("connected") and entry.get("in_sync"))
