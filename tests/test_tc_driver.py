@@ -9,6 +9,7 @@ under CI=true) when root or `ip netns` is missing.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -82,7 +83,6 @@ def _plan(port: str = IF_A, direction: Direction = Direction.UPLOAD, b_ceil: int
         rules += [
             U32Rule("10.72.5.0/24", 46, B_RT, 5, 1, 2),
             U32Rule("10.72.5.0/24", None, B_DEF, 5, 8, 2),
-            U32Rule("fd00:72::/64", None, B_DEF, None, 16, 2),  # IPv6: not installed, counted
         ]
     return QueuePlan("gw", port, direction, CAPACITY, 2, tuple(classes), tuple(rules))
 
@@ -92,26 +92,32 @@ def _run(*args: str, ns: str | None = None, check: bool = True) -> subprocess.Co
     return subprocess.run(cmd, check=check, capture_output=True, text=True, timeout=30)
 
 
-@pytest.fixture(scope="module")
-def veth() -> Iterator[None]:
-    """Sender NS_A (OPD source addresses as secondaries) -- veth -- receiver NS_B."""
+@contextlib.contextmanager
+def veth_pair(namespaces: tuple[str, str], interfaces: tuple[str, str], addresses: tuple[str, str],
+              sources: list[str], routes: list[str]) -> Iterator[None]:
+    """Sender namespace (OPD `sources` as host-route secondaries) -- veth -- receiver namespace
+    (`routes` to the OPD prefixes via the veth); `addresses` with their prefix length, IPv4 or
+    IPv6 (DAD off). Also used by tests/test_tc_ipv6.py."""
+    ipv6 = ":" in addresses[0]
+    family, nodad, host = (["-6"], ["nodad"], 128) if ipv6 else ([], [], 32)
     created: list[str] = []
     try:
-        for ns in (NS_A, NS_B):
+        for ns in namespaces:
             _run("ip", "netns", "add", ns)
             created.append(ns)
-        _run("ip", "link", "add", IF_A, "netns", NS_A, "type", "veth", "peer", "name", IF_B, "netns", NS_B)
-        for ns, ifname, address in ((NS_A, IF_A, NET_ADDR_A), (NS_B, IF_B, NET_ADDR_B)):
-            _run("ip", "addr", "add", f"{address}/24", "dev", ifname, ns=ns)
+        _run("ip", "link", "add", interfaces[0], "netns", namespaces[0], "type", "veth", "peer", "name",
+             interfaces[1], "netns", namespaces[1])
+        for ns, ifname, address in zip(namespaces, interfaces, addresses, strict=True):
+            _run("ip", *family, "addr", "add", address, "dev", ifname, *nodad, ns=ns)
             _run("ip", "link", "set", ifname, "up", ns=ns)
             _run("ip", "link", "set", "lo", "up", ns=ns)
             if shutil.which("ethtool"):  # HTB must see MTU-sized packets, not 64 kB GSO blobs
                 _run("ethtool", "-K", ifname, "tx", "off", "rx", "off", "tso", "off", "gso", "off", "gro", "off",
                      ns=ns, check=False)
-        for source in (SRC_A, SRC_B):
-            _run("ip", "addr", "add", f"{source}/32", "dev", IF_A, ns=NS_A)
-        for prefix in ("10.71.0.0/16", "10.72.5.0/24"):
-            _run("ip", "route", "add", prefix, "dev", IF_B, ns=NS_B)
+        for source in sources:
+            _run("ip", *family, "addr", "add", f"{source}/{host}", "dev", interfaces[0], *nodad, ns=namespaces[0])
+        for prefix in routes:
+            _run("ip", *family, "route", "add", prefix, "dev", interfaces[1], ns=namespaces[1])
         yield
     finally:
         failed = [f"{ns}: {result.stderr.strip()}" for ns in created
@@ -120,26 +126,39 @@ def veth() -> Iterator[None]:
             raise RuntimeError("could not delete test namespaces: " + "; ".join(failed))
 
 
-def _iperf(flows: list[tuple[str, int | None]], seconds: int, reverse: bool = False) -> list[float]:
-    """Concurrent TCP flows (source address, tos) from NS_A to NS_B; L2-equivalent bit/s each."""
+@pytest.fixture(scope="module")
+def veth() -> Iterator[None]:
+    """Sender NS_A (OPD source addresses as secondaries) -- veth -- receiver NS_B."""
+    with veth_pair((NS_A, NS_B), (IF_A, IF_B), (f"{NET_ADDR_A}/24", f"{NET_ADDR_B}/24"), [SRC_A, SRC_B],
+                   ["10.71.0.0/16", "10.72.5.0/24"]):
+        yield
+
+
+def _iperf(flows: list[tuple[str, int | None]], seconds: int, reverse: bool = False, *,
+           namespaces: tuple[str, str] = (NS_A, NS_B), server: str = NET_ADDR_B,
+           l2_per_goodput: float = L2_PER_GOODPUT) -> list[float]:
+    """Concurrent TCP flows (source address, tos) from the sender namespace to `server` in the
+    receiver's; L2-equivalent bit/s each (goodput * l2_per_goodput). IPv6 when `server` is."""
     if shutil.which("iperf3") is None:
         if os.environ.get("CI", "").strip().lower() in {"true", "1", "yes"}:
             pytest.fail("CI=true, so not skipping: iperf3 not on PATH (run `sudo make setup`)", pytrace=False)
         pytest.skip("needs iperf3 (run `sudo make setup`)")
+    sender, receiver = namespaces
+    listen = f"[{server}]" if ":" in server else server
     ports = [5201 + index for index in range(len(flows))]
     servers: list[subprocess.Popen[bytes]] = [
-        subprocess.Popen(["ip", "netns", "exec", NS_B, "iperf3", "-s", "-1", "-B", NET_ADDR_B, "-p", str(port)],
+        subprocess.Popen(["ip", "netns", "exec", receiver, "iperf3", "-s", "-1", "-B", server, "-p", str(port)],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for port in ports]
     clients: list[subprocess.Popen[str]] = []
     try:
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
-            listening = _run("ss", "-Hltn", ns=NS_B).stdout
-            if all(f"{NET_ADDR_B}:{port}" in listening for port in ports):
+            listening = _run("ss", "-Hltn", ns=receiver).stdout
+            if all(f"{listen}:{port}" in listening for port in ports):
                 break
             time.sleep(0.05)
         for (source, tos), port in zip(flows, ports, strict=True):
-            cmd = ["ip", "netns", "exec", NS_A, "iperf3", "-c", NET_ADDR_B, "-p", str(port), "-B", source,
+            cmd = ["ip", "netns", "exec", sender, "iperf3", "-c", server, "-p", str(port), "-B", source,
                    "-t", str(seconds), "-O", "1", "-J"]
             if tos is not None:
                 cmd += ["-S", str(tos)]
@@ -151,7 +170,7 @@ def _iperf(flows: list[tuple[str, int | None]], seconds: int, reverse: bool = Fa
             out, err = client.communicate(timeout=seconds + 15)
             assert client.returncode == 0, err or out
             goodput = json.loads(out)["end"]["sum_received"]["bits_per_second"]
-            rates.append(goodput * L2_PER_GOODPUT)
+            rates.append(goodput * l2_per_goodput)
         return rates
     finally:
         processes: list[subprocess.Popen[str] | subprocess.Popen[bytes]] = [*clients, *servers]
@@ -186,8 +205,8 @@ def test_fresh_port_gets_full_tree_and_reapply_sends_nothing(veth: None) -> None
     shaper = TcShaper()
     first = shaper.apply(_plan(), netns=NS_A)
     assert first.rebuilt and first.classes_added == 8 and first.qdiscs_added == 1 + 5
-    assert first.filters_added == 4 + 2  # four rules, the hash table and the link to it
-    assert first.ipv6_rules_skipped == 1
+    assert first.filters_added == 4 + 2  # four rules, the hash table and the link to it (no IPv6 rules: no prio 2)
+    assert "protocol ipv6" not in _run("tc", "filter", "show", "dev", IF_A, ns=NS_A).stdout
     classes = _run("tc", "class", "show", "dev", IF_A, ns=NS_A).stdout
     assert sorted(int(minor, 16) for minor in re.findall(r"class htb 1:([0-9a-f]+)", classes)) == [
         1, 2, A, A_RT, A_DEF, B, B_RT, B_DEF]

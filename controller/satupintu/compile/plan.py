@@ -16,6 +16,7 @@ UNCLASSIFIED_MINOR = 2
 MINORS_PER_OWNER = 8
 HTB_MAJOR = 1
 WIFI_PRIORITY = 7  # HTB prio of Wi-Fi and unknown sources: only leftovers.
+DEFAULT_IPV6_HASH_BYTE = 5  # last byte of a /48: the compiler picks the best byte for the policy's prefixes
 
 # Flow cookies: 0x5350 ("SP") in the top 16 bits marks flows this controller owns.
 COOKIE_TAG = 0x5350 << 48
@@ -86,8 +87,14 @@ class U32Rule:
     `tcp_ack_only` matches pure TCP ACKs instead (IPv4 without options, shorter than 128
     bytes so SACK blocks fit, flags exactly ACK): an OPD's ACKs must not wait behind its own bulk data.
 
-    `bucket` is the hash bucket (third octet of the address) for prefixes of /24 or
-    longer; None means the rule sits in the linear list before the hash jump.
+    `ipv6` rules sit in the IPv6 classifier (the same matches on the IPv6 header: traffic
+    class instead of TOS, next header 6 without extension headers, payload shorter than 128
+    bytes) and `prefix` is an IPv6 prefix; IPv4 and IPv6 rules are keyed separately.
+
+    `bucket` is the hash bucket for prefixes that cover the hashed byte: the third octet of
+    the address for IPv4 prefixes of /24 or longer, byte `QueuePlan.ipv6_hash_byte` of the
+    address for IPv6 prefixes of at least 8 * (that byte + 1) bits. None means the rule sits
+    in the linear list before the hash jump.
     `node` orders rules inside their list: lower nodes are matched first.
     """
 
@@ -98,6 +105,12 @@ class U32Rule:
     node: int
     owner_id: int
     tcp_ack_only: bool = False
+    ipv6: bool = False
+
+    @property
+    def key(self) -> tuple[bool, int | None, int]:
+        """Identity of the rule in its classifier: (ipv6, bucket, node)."""
+        return (self.ipv6, self.bucket, self.node)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +125,7 @@ class QueuePlan:
     classes: tuple[HtbClass, ...]
     rules: tuple[U32Rule, ...]
     leaf_qdisc: str = "auto"  # "auto": fq_codel when the kernel has it, else pfifo_head_drop
+    ipv6_hash_byte: int = DEFAULT_IPV6_HASH_BYTE  # byte of the IPv6 address (0-15) that keys the IPv6 hash table
     leaf_limit_bytes: dict[int, int] = field(default_factory=dict, compare=False, hash=False)
 
 

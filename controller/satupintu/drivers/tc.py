@@ -13,10 +13,39 @@ our own on a 25,000-class dump. pyroute2 provides the netlink socket (inside a n
 namespace when asked, with extended acks) and interface lookup; requests go out in
 batches on that socket and every ack is checked.
 
-u32 layout on the root HTB qdisc (one filter prio, protocol ip):
-  ht 800 (root): rules whose bucket is None, in node order, then a link at node 0xfff
-  ht 100 (256 buckets, keyed on the third octet of the OPD address): bucketed rules
-Packets matching nothing fall through to the HTB default class.
+u32 layout on the root HTB qdisc: two classifiers (filter prios), one per address family,
+each with the same shape and the same rules per prefix (pure TCP ACKs, one rule per DSCP,
+catch-all; one rule per Wi-Fi pool prefix):
+
+  prio 1, protocol ip (U32_PRIO):
+    root ht (800:): rules whose bucket is None, in node order, then a link at node 0xfff
+    ht 100: (256 buckets, keyed on the third octet of the OPD address, mask 0000ff00 at
+            12 (source, upload) or 16 (destination, download)): rules of /24 or longer prefixes
+  prio 2, protocol ipv6 (U32_PRIO_V6):
+    root ht (the kernel numbers it, e.g. 801:): IPv6 rules whose bucket is None, then a link at 0xfff
+    ht 600: (256 buckets, keyed on byte QueuePlan.ipv6_hash_byte of the address, which the
+            compiler picks from the policy's IPv6 prefixes: the word of the source (offset 8,
+            upload) or destination (offset 24, download) address holding that byte, masked to
+            it): rules of prefixes that cover that byte; shorter ones sit in the root list
+A packet walks its family's root list (prefixes shorter than the hashed byte: few), then one
+bucket, so a lookup does not grow with the number of OPDs. IPv6 rules match the prefix with
+up to 4 32-bit keys at 8/24 (+4, +8, +12), the DSCP in the traffic class (first word, mask
+0fc00000), and pure TCP ACKs as next header 6 at offset 6 with payload length < 128 (offset 4)
+and TCP flags == ACK (byte 53, key at 52): the offsets are fixed because a next header of 6
+means the TCP header follows the 40-byte IPv6 header directly (extension headers do not match,
+so no u32 `nexthdr` offset is needed). Each classifier is read back, diffed and changed on its
+own, and neither is foreign to the other. Packets matching nothing fall through to the HTB
+default class.
+
+The IPv6 classifier is created with the first IPv6 rule and then kept (empty: a root list and
+a link to an empty table) when the plan drops every IPv6 prefix. u32 hash tables live in one
+table space per qdisc, shared by all u32 prios (hence ht 600:, not 100:), and a deleted prio's
+tables outlive it while another u32 prio exists; a table cannot be deleted right after its
+link either (the kernel drops the link's reference after an RCU grace period: EBUSY). Deleting
+the IPv6 prio would leave an orphaned 600: that refuses the next "add hash table" (EEXIST).
+A prio of ours that is not what we made (other tables) is still deleted whole; if that
+orphans a table, that apply fails, the kernel keeps the new prio (it holds the orphan), and
+the next apply reads the orphan back and reconciles it.
 """
 
 from __future__ import annotations
@@ -53,16 +82,20 @@ from satupintu.reconcile.queues import diff_queue_plans
 
 TC_H_ROOT = 0xFFFFFFFF
 ETH_P_IP = 0x0800
+ETH_P_IPV6 = 0x86DD
 ROOT_HANDLE = HTB_MAJOR << 16
 
-U32_PRIO = 1  # filter priority of the IPv4 classifier; 2 is left for IPv6
-HASH_HTID = 0x100  # our hash table "100:"
+U32_PRIO = 1  # filter priority of the IPv4 classifier
+U32_PRIO_V6 = 2  # filter priority of the IPv6 classifier
+HASH_HTID = 0x100  # our IPv4 hash table "100:"
+HASH_HTID_V6 = 0x600  # our IPv6 hash table "600:" (table ids are shared by all u32 prios of the qdisc)
 HASH_DIVISOR = 256
 HASH_MASK = 0x0000FF00  # third octet of the address
 LINK_NODE = 0xFFF  # last node of ht 800: rules before it win
 TC_U32_ROOT = 0xFFF << 20  # "the root hash table of this tp", whatever its id
 TC_U32_TERMINAL = 1
 DSCP_MASK = 0x00FC0000  # tos byte (offset 1) & 0xfc, as a u32 key at offset 0
+IPV6_DSCP_MASK = 0x0FC00000  # upper 6 bits of the traffic class (bits 4-11 of the first word)
 
 MIN_LEAF_LIMIT_BYTES = 30_000
 # The fallback leaf when the kernel lacks fq_codel is pfifo_head_drop, never bfifo: a full
@@ -126,7 +159,6 @@ class ApplyReport:
     filters_removed: int = 0
     qdiscs_added: int = 0
     qdiscs_changed: int = 0
-    ipv6_rules_skipped: int = 0
     requests: int = 0
     dumps: int = 0
     read_back: bool = True  # False: sent as the difference from the plan last verified on the port
@@ -286,6 +318,34 @@ def _address_offset(direction: Direction) -> int:
     return 12 if direction is Direction.UPLOAD else 16
 
 
+def _address_offset6(direction: Direction) -> int:
+    """Offset of the OPD's address in the IPv6 header: source on upload, destination on download."""
+    return 8 if direction is Direction.UPLOAD else 24
+
+
+@dataclass(frozen=True, slots=True)
+class _Family:
+    """One of the two u32 classifiers on the root qdisc."""
+
+    ipv6: bool
+    prio: int
+    protocol: int
+    htid: int  # our hash table
+
+    @property
+    def info(self) -> int:
+        return _info(self.prio, self.protocol)
+
+
+IPV4 = _Family(False, U32_PRIO, ETH_P_IP, HASH_HTID)
+IPV6 = _Family(True, U32_PRIO_V6, ETH_P_IPV6, HASH_HTID_V6)
+FAMILIES = (IPV4, IPV6)
+
+
+def _family(ipv6: bool) -> _Family:
+    return IPV6 if ipv6 else IPV4
+
+
 def _u32_sel(keys: Iterable[tuple[int, int, int]], flags: int, hoff: int = 0, hmask: int = 0) -> bytes:
     """struct tc_u32_sel + keys; keys are (mask, value, offset) with host-order mask/value."""
     keys = list(keys)
@@ -297,16 +357,24 @@ def _u32_sel(keys: Iterable[tuple[int, int, int]], flags: int, hoff: int = 0, hm
 
 
 @functools.lru_cache(maxsize=1 << 16)
-def _canonical_ipv4(prefix: str) -> str:
-    """"10.1.0.1/16" -> "10.1.0.0/16"; cached: every apply canonicalises every rule (2,000 at 500 OPDs)."""
-    return str(ipaddress.IPv4Network(prefix, strict=False))
+def _canonical_prefix(prefix: str) -> str:
+    """"10.1.0.1/16" -> "10.1.0.0/16", "FD00:1::5/64" -> "fd00:1::/64"; cached: every apply
+    canonicalises every rule (2,000 at 500 OPDs)."""
+    return str(ipaddress.ip_network(prefix, strict=False))
 
 
 @functools.lru_cache(maxsize=1 << 16)
 def _ipv4_network(prefix: str) -> tuple[int, int]:
-    """(network address as int, prefix length); cached like _canonical_ipv4."""
+    """(network address as int, prefix length); cached like _canonical_prefix."""
     network = ipaddress.IPv4Network(prefix, strict=False)
     return int(network.network_address), network.prefixlen
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _ipv6_network(prefix: str) -> tuple[bytes, int]:
+    """(network address as 16 bytes, prefix length); cached like _canonical_prefix."""
+    network = ipaddress.IPv6Network(prefix, strict=False)
+    return network.network_address.packed, network.prefixlen
 
 
 # Pure TCP ACK: IHL 5 and total length < 128 (offset 0; room for timestamps and 4 SACK blocks),
@@ -314,8 +382,16 @@ def _ipv4_network(prefix: str) -> tuple[int, int]:
 TCP_ACK_KEYS = ((0x0F00FF80, 0x05000000, 0), (0x00FF0000, 0x00060000, 8), (0x00FF0000, 0x00100000, 32))
 
 
+# IPv6 pure TCP ACK: payload length < 128 and next header 6 (offset 4: no extension headers,
+# so the TCP header is at 40), flags == ACK (byte 53: TCP offset 13).
+TCP_ACK_KEYS_V6 = ((0xFF80FF00, 0x00000600, 4), (0x00FF0000, 0x00100000, 52))
+
+
 @functools.lru_cache(maxsize=1 << 16)
 def _rule_sel(prefix: str, dscp: int | None, direction: Direction, tcp_ack_only: bool = False) -> bytes:
+    """The selector of a rule: IPv4 or IPv6 by the prefix."""
+    if ":" in prefix:
+        return _rule_sel6(prefix, dscp, direction, tcp_ack_only)
     net = ipaddress.IPv4Network(prefix, strict=False)
     keys = [(int(net.netmask), int(net.network_address), _address_offset(direction))]
     if dscp is not None:
@@ -325,12 +401,68 @@ def _rule_sel(prefix: str, dscp: int | None, direction: Direction, tcp_ack_only:
     return _u32_sel(keys, TC_U32_TERMINAL)
 
 
-def _link_sel(direction: Direction) -> bytes:
+def _ipv6_address_keys(prefix: str, offset: int) -> list[tuple[int, int, int]]:
+    """The prefix as 32-bit keys from `offset`: one per word it covers (at least one, so ::/0
+    is a mask-0 key like 0.0.0.0/0)."""
+    packed, prefixlen = _ipv6_network(prefix)
+    mask = (((1 << prefixlen) - 1) << (128 - prefixlen)).to_bytes(16, "big")
+    return [(int.from_bytes(mask[word:word + 4], "big"), int.from_bytes(packed[word:word + 4], "big"), offset + word)
+            for word in range(0, max(4, -(-prefixlen // 32) * 4), 4)]
+
+
+def _rule_sel6(prefix: str, dscp: int | None, direction: Direction, tcp_ack_only: bool = False) -> bytes:
+    keys = _ipv6_address_keys(prefix, _address_offset6(direction))
+    if dscp is not None:
+        keys.append((IPV6_DSCP_MASK, dscp << 22, 0))
+    if tcp_ack_only:
+        keys.extend(TCP_ACK_KEYS_V6)
+    return _u32_sel(keys, TC_U32_TERMINAL)
+
+
+def _ipv6_hash_key(direction: Direction, byte: int) -> tuple[int, int]:
+    """(hoff, hmask) of the link that hashes IPv6 packets on byte `byte` of the OPD address."""
+    return _address_offset6(direction) + byte // 4 * 4, 0xFF << (8 * (3 - byte % 4))
+
+
+def _link_sel(direction: Direction, ipv6: bool = False, hash_byte: int = 0) -> bytes:
+    if ipv6:
+        hoff, hmask = _ipv6_hash_key(direction, hash_byte)
+        return _u32_sel([(0, 0, 0)], 0, hoff=hoff, hmask=hmask)
     return _u32_sel([(0, 0, 0)], 0, hoff=_address_offset(direction), hmask=HASH_MASK)
 
 
-def _decode_rule_sel(sel: bytes, direction: Direction) -> tuple[str, int | None, bool] | None:
+def _decode_rule_sel6(sel: bytes, direction: Direction) -> tuple[str, int | None, bool] | None:
+    """_decode_rule_sel for the IPv6 classifier."""
+    if len(sel) < 16:
+        return None
+    flags, _offshift, nkeys = struct.unpack_from("=BBB", sel, 0)
+    if flags != TC_U32_TERMINAL or not 1 <= nkeys <= 4 + len(TCP_ACK_KEYS_V6) or len(sel) != 16 + 16 * nkeys:
+        return None
+    keys = [(*struct.unpack_from(">II", sel, 16 + 16 * index), struct.unpack_from("=i", sel, 24 + 16 * index)[0])
+            for index in range(nkeys)]
+    base = _address_offset6(direction)
+    words = 0
+    while words < min(4, nkeys) and keys[words][2] == base + 4 * words:
+        words += 1
+    if not words:
+        return None
+    mask = b"".join(key[0].to_bytes(4, "big") for key in keys[:words]).ljust(16, b"\0")
+    value = b"".join(key[1].to_bytes(4, "big") for key in keys[:words]).ljust(16, b"\0")
+    prefixlen = bin(int.from_bytes(mask, "big")).count("1")
+    try:
+        prefix = str(ipaddress.IPv6Network((value, prefixlen), strict=False))
+    except ValueError:
+        return None
+    rest = keys[words:]
+    dscp = (rest[0][1] >> 22) & 0x3F if len(rest) == 1 else None
+    tcp_ack_only = len(rest) == len(TCP_ACK_KEYS_V6)
+    return (prefix, dscp, tcp_ack_only) if _rule_sel6(prefix, dscp, direction, tcp_ack_only) == sel else None
+
+
+def _decode_rule_sel(sel: bytes, direction: Direction, ipv6: bool = False) -> tuple[str, int | None, bool] | None:
     """(prefix, dscp, tcp_ack_only) of a selector we would have written, else None (foreign: replace it)."""
+    if ipv6:
+        return _decode_rule_sel6(sel, direction)
     if len(sel) < 16:
         return None
     flags, _offshift, nkeys = struct.unpack_from("=BBB", sel, 0)
@@ -355,7 +487,7 @@ def _rule_match(rule: U32Rule) -> str:
 def _rule_handle(rule: U32Rule, root_htid: int) -> int:
     if rule.bucket is None:
         return root_htid << 20 | rule.node
-    return HASH_HTID << 20 | rule.bucket << 12 | rule.node
+    return _family(rule.ipv6).htid << 20 | rule.bucket << 12 | rule.node
 
 
 # ---------------------------------------------------------------- leaf qdiscs
@@ -701,14 +833,17 @@ def _check_plan(plan: QueuePlan) -> None:
             raise PlanError(f"leaf minor {klass.minor} would clash with the HTB qdisc handle {HTB_MAJOR}:")
     if plan.default_minor not in by_minor or plan.default_minor in children:
         raise PlanError(f"default class {plan.default_minor} must be a leaf of the plan")
-    keys: set[tuple[int | None, int]] = set()
+    if not 0 <= plan.ipv6_hash_byte < 16:
+        raise PlanError(f"IPv6 hash byte {plan.ipv6_hash_byte} is not a byte of an IPv6 address (0-15)")
+    keys: set[tuple[bool, int | None, int]] = set()
     for rule in plan.rules:
-        if ":" in rule.prefix:
-            continue
-        where = f"rule {rule.prefix} {_rule_match(rule)} (bucket {rule.bucket}, node {rule.node})"
-        if (rule.bucket, rule.node) in keys:
+        family = "IPv6 " if rule.ipv6 else ""
+        where = f"{family}rule {rule.prefix} {_rule_match(rule)} (bucket {rule.bucket}, node {rule.node})"
+        if (":" in rule.prefix) != rule.ipv6:
+            raise PlanError(f"{where}: prefix is not {'an IPv6' if rule.ipv6 else 'an IPv4'} prefix")
+        if rule.key in keys:
             raise PlanError(f"{where}: duplicate (bucket, node)")
-        keys.add((rule.bucket, rule.node))
+        keys.add(rule.key)
         last = LINK_NODE - 1 if rule.bucket is None else LINK_NODE
         if not 0 < rule.node <= last:
             raise PlanError(f"{where}: node must be in 1..{last}")
@@ -718,6 +853,12 @@ def _check_plan(plan: QueuePlan) -> None:
             raise PlanError(f"{where}: dscp out of range")
         if rule.dscp is not None and rule.tcp_ack_only:
             raise PlanError(f"{where}: a rule matches a DSCP or pure TCP ACKs, not both")
+        if rule.ipv6:
+            packed, prefixlen = _ipv6_network(rule.prefix)
+            byte = plan.ipv6_hash_byte
+            if rule.bucket is not None and (prefixlen < 8 * (byte + 1) or packed[byte] != rule.bucket):
+                raise PlanError(f"{where}: bucket must be byte {byte} of a prefix of at least {8 * (byte + 1)} bits")
+            continue
         network, prefixlen = _ipv4_network(rule.prefix)
         if rule.bucket is not None and (prefixlen < 24 or network >> 8 & 0xFF != rule.bucket):
             raise PlanError(f"{where}: bucket must be the third octet of a /24 or longer prefix")
@@ -736,19 +877,33 @@ def _depth(minor: int, parent_of: dict[int, int | None]) -> int:
 
 
 @dataclass(slots=True)
+class _Classifier:
+    """One installed u32 classifier (filter prio): its root table, our hash table, the link."""
+
+    root_htid: int = 0x800
+    have_table: bool = False
+    link: _TcEntry | None = None
+    exists: bool = False
+
+
+@dataclass(slots=True)
 class _Installed:
     """What the kernel has on the port, in plan terms plus what is needed to address it."""
 
     classes: dict[int, HtbClass] = field(default_factory=dict)
     params: dict[int, HtbParams] = field(default_factory=dict)
     leaf_qdiscs: dict[int, _TcEntry] = field(default_factory=dict)  # by class minor
-    rules: dict[tuple[int | None, int], U32Rule] = field(default_factory=dict)
-    rule_handles: dict[tuple[int | None, int], int] = field(default_factory=dict)
-    root_htid: int = 0x800
-    have_table: bool = False
-    link: _TcEntry | None = None
-    tp_exists: bool = False
+    rules: dict[tuple[bool, int | None, int], U32Rule] = field(default_factory=dict)  # by U32Rule.key
+    rule_handles: dict[tuple[bool, int | None, int], int] = field(default_factory=dict)
+    classifiers: dict[bool, _Classifier] = field(default_factory=lambda: {False: _Classifier(), True: _Classifier()})
     foreign_tps: list[_TcEntry] = field(default_factory=list)
+
+    def forget(self, family: _Family) -> None:
+        """The family's classifier is gone (deleted): nothing of it is installed."""
+        for key in [key for key in self.rules if key[0] is family.ipv6]:
+            del self.rules[key]
+            self.rule_handles.pop(key, None)
+        self.classifiers[family.ipv6] = _Classifier()
 
 
 class TcShaper:
@@ -794,26 +949,24 @@ class TcShaper:
         known = self._matched.pop(key, None)
         report = ApplyReport(plan.port, netns)
         # Canonical prefixes, so a plan written "10.1.0.1/16" does not differ from the kernel forever.
-        ipv4 = tuple(rule if (canonical := _canonical_ipv4(rule.prefix)) == rule.prefix
-                     else replace(rule, prefix=canonical) for rule in plan.rules if ":" not in rule.prefix)
-        report.ipv6_rules_skipped = len(plan.rules) - len(ipv4)
-        plan4 = replace(plan, rules=ipv4)
+        rules = tuple(rule if (canonical := _canonical_prefix(rule.prefix)) == rule.prefix
+                      else replace(rule, prefix=canonical) for rule in plan.rules)
+        plan = replace(plan, rules=rules)
         report.leaf_qdisc = kind = self.leaf_kind(plan)
         if not verify:
-            fallback = self._apply_in_place(known, plan4, kind, report, netns)
+            fallback = self._apply_in_place(known, plan, kind, report, netns)
             if not fallback:
-                self._matched[key] = (plan4, kind)
+                self._matched[key] = (plan, kind)
                 return report
-            report = replace(ApplyReport(plan.port, netns, leaf_qdisc=kind,
-                                         ipv6_rules_skipped=report.ipv6_rules_skipped, requests=report.requests),
+            report = replace(ApplyReport(plan.port, netns, leaf_qdisc=kind, requests=report.requests),
                              fallback=fallback)
         with _open_port(netns, plan.port, report) as port:
-            installed = self._ensure_root(port, plan4, report)
+            installed = self._ensure_root(port, plan, report)
             if not report.rebuilt:
-                self._read_installed(port, plan4, installed)
-            _Reconcile(port, plan4, installed, kind, report).run()
+                self._read_installed(port, plan, installed)
+            _Reconcile(port, plan, installed, kind, report).run()
             port.flush()
-        self._matched[key] = (plan4, kind)
+        self._matched[key] = (plan, kind)
         return report
 
     def _apply_in_place(self, known: tuple[QueuePlan, str] | None, plan: QueuePlan, kind: str,
@@ -896,46 +1049,53 @@ class TcShaper:
         self._read_filters(port, plan, installed)
 
     def _read_filters(self, port: _Port, plan: QueuePlan, installed: _Installed) -> None:
-        ours = _info(U32_PRIO, ETH_P_IP)
-        tables: dict[int, int] = {}
-        nodes: list[_TcEntry] = []
+        ours = {family.info: family for family in FAMILIES}
+        tables: dict[bool, dict[int, int]] = {False: {}, True: {}}
+        nodes: dict[bool, list[_TcEntry]] = {False: [], True: []}
         for entry in port.dump(RTM_GETTFILTER, parent=ROOT_HANDLE):
-            if entry.info != ours or entry.kind != "u32":
+            family = ours.get(entry.info) if entry.kind == "u32" else None
+            if family is None:
                 if not entry.options:  # one "tp" line per foreign prio/protocol: delete that tp
                     installed.foreign_tps.append(entry)
                 continue
-            installed.tp_exists = True
+            installed.classifiers[family.ipv6].exists = True
             nested = entry.nested
             if TCA_U32_DIVISOR in nested:
-                tables[entry.handle >> 20] = struct.unpack("=I", nested[TCA_U32_DIVISOR][:4])[0]
+                tables[family.ipv6][entry.handle >> 20] = struct.unpack("=I", nested[TCA_U32_DIVISOR][:4])[0]
             elif TCA_U32_SEL in nested:
-                nodes.append(entry)
-        if not installed.tp_exists:
-            return
+                nodes[family.ipv6].append(entry)
+        for family in FAMILIES:
+            if installed.classifiers[family.ipv6].exists:
+                self._read_classifier(plan, installed, family, tables[family.ipv6], nodes[family.ipv6])
+
+    @staticmethod
+    def _read_classifier(plan: QueuePlan, installed: _Installed, family: _Family, tables: dict[int, int],
+                         nodes: list[_TcEntry]) -> None:
         roots = [htid for htid, divisor in tables.items() if htid & 0x800 and divisor == 1]
-        foreign = len(roots) != 1 or any(htid not in (*roots, HASH_HTID) for htid in tables)
-        if tables.get(HASH_HTID, HASH_DIVISOR) != HASH_DIVISOR:
+        foreign = len(roots) != 1 or any(htid not in (*roots, family.htid) for htid in tables)
+        if tables.get(family.htid, HASH_DIVISOR) != HASH_DIVISOR:
             foreign = True
-        if foreign:
-            installed.foreign_tps.append(_TcEntry(0, ROOT_HANDLE, ours, "u32", b"", {}))
-            installed.tp_exists = False
+        if foreign:  # not what we would have made: delete the whole tp and start again
+            installed.foreign_tps.append(_TcEntry(0, ROOT_HANDLE, family.info, "u32", b"", {}))
+            installed.classifiers[family.ipv6] = _Classifier()
             return
-        installed.root_htid = roots[0]
-        installed.have_table = HASH_HTID in tables
+        classifier = installed.classifiers[family.ipv6]
+        classifier.root_htid = roots[0]
+        classifier.have_table = family.htid in tables
         for entry in nodes:
             htid, bucket, node = entry.handle >> 20, entry.handle >> 12 & 0xFF, entry.handle & 0xFFF
             nested = entry.nested
-            if htid == installed.root_htid and node == LINK_NODE:
-                installed.link = entry
+            if htid == classifier.root_htid and node == LINK_NODE:
+                classifier.link = entry
                 continue
-            key = (None if htid == installed.root_htid else bucket, node)
-            decoded = _decode_rule_sel(nested[TCA_U32_SEL], plan.direction)
+            key = (family.ipv6, None if htid == classifier.root_htid else bucket, node)
+            decoded = _decode_rule_sel(nested[TCA_U32_SEL], plan.direction, family.ipv6)
             if decoded is None or any(attr in nested for attr in U32_FOREIGN_ATTRS):
                 decoded = (f"raw:{entry.handle:08x}", None, False)  # never equal to a plan prefix: replaced
             classid = struct.unpack("=I", nested[TCA_U32_CLASSID][:4])[0] if TCA_U32_CLASSID in nested else 0
             flow_minor = classid & 0xFFFF if classid >> 16 == HTB_MAJOR else -1
-            installed.rules[key] = U32Rule(decoded[0], decoded[1], flow_minor, key[0], node, 0,
-                                           tcp_ack_only=decoded[2])
+            installed.rules[key] = U32Rule(decoded[0], decoded[1], flow_minor, key[1], node, 0,
+                                           tcp_ack_only=decoded[2], ipv6=family.ipv6)
             installed.rule_handles[key] = entry.handle
 
 
@@ -973,7 +1133,7 @@ def _in_place_changes(old: QueuePlan, new: QueuePlan) -> tuple[list[HtbClass], l
             classes.append(klass)
         if klass.minor not in inner and leaf_limit_bytes(old, previous) != leaf_limit_bytes(new, klass):
             leaves.append(klass)
-    if old.rules != new.rules:
+    if old.rules != new.rules or old.ipv6_hash_byte != new.ipv6_hash_byte:
         return "classifier rules changed"
     return classes, leaves
 
@@ -999,7 +1159,6 @@ class _Reconcile:
         self.installed = installed
         self.leaf_kind = leaf_kind
         self.report = report
-        self.info = _info(U32_PRIO, ETH_P_IP)
 
     def run(self) -> None:
         plan, installed, report = self.plan, self.installed, self.report
@@ -1007,11 +1166,9 @@ class _Reconcile:
             self.port.send(RTM_DELTFILTER, 0, f"delete filter prio {tp.info >> 16}", handle=0, parent=ROOT_HANDLE,
                            info=tp.info, kind=tp.kind or None)
             report.filters_removed += 1
-        if any(tp.info == self.info for tp in installed.foreign_tps):
-            installed.rules.clear()
-            installed.rule_handles.clear()
-            installed.link = None
-            installed.have_table = False
+        for family in FAMILIES:
+            if any(tp.info == family.info for tp in installed.foreign_tps):
+                installed.forget(family)
         diff = diff_queue_plans(plan, list(installed.classes.values()), list(installed.rules.values()))
         want = {klass.minor: klass for klass in plan.classes}
         have_parent = {minor: klass.parent_minor for minor, klass in installed.classes.items()}
@@ -1035,7 +1192,7 @@ class _Reconcile:
         # 1. filters that must go first: a new selector needs a new node (u32 keeps a
         #    node's selector on change), and filters pin the classes removed in step 2.
         #    Other unwanted filters stay until the new ones are in (step 6b): no gap.
-        removed_keys = {(rule.bucket, rule.node) for rule in diff.remove_rules}
+        removed_keys = {rule.key for rule in diff.remove_rules}
         remove_late = [rule for rule in diff.remove_rules if rule.flow_minor not in early_remove]
         readd: list[U32Rule] = []
         in_place: list[U32Rule] = []
@@ -1051,8 +1208,8 @@ class _Reconcile:
             else:
                 in_place.append(new)
             report.filters_changed += 1
-        changed_keys = {(rule.bucket, rule.node) for rule in (*readd, *in_place)}
-        wanted_rules = {(rule.bucket, rule.node): rule for rule in plan.rules}
+        changed_keys = {rule.key for rule in (*readd, *in_place)}
+        wanted_rules = {rule.key: rule for rule in plan.rules}
         for key, rule in installed.rules.items():
             if key in removed_keys or key in changed_keys or rule.flow_minor not in early_remove:
                 continue
@@ -1086,15 +1243,19 @@ class _Reconcile:
                 continue
             self._ensure_leaf(klass, fresh=klass.minor in add)
 
-        # 6. filters: hash table and link, then rules (targets exist now)
-        self._ensure_hash_infrastructure()
+        # 6. filters: hash tables and links, then rules (targets exist now). The IPv6
+        #    classifier is made for the first IPv6 rule and then kept, empty and untouched
+        #    while the plan has none: see the module docstring for why it is never deleted.
+        self._ensure_hash_infrastructure(IPV4)
+        if any(rule.ipv6 for rule in plan.rules):
+            self._ensure_hash_infrastructure(IPV6)
         for rule in diff.add_rules:
             self._add_rule(rule)
             report.filters_added += 1
         for rule in readd:
             self._add_rule(rule)
         for rule in in_place:
-            handle = installed.rule_handles[(rule.bucket, rule.node)]
+            handle = installed.rule_handles[rule.key]
             self._send_rule(rule, handle, create=False)
         for rule in remove_late:  # 6b
             self._delete_rule(rule)
@@ -1140,45 +1301,47 @@ class _Reconcile:
 
     # -- filters
 
-    def _ensure_hash_infrastructure(self) -> None:
-        installed, report = self.installed, self.report
-        if not installed.have_table:
-            self.port.send(RTM_NEWTFILTER, NLM_F_CREATE | NLM_F_EXCL, "add u32 hash table", handle=HASH_HTID << 20,
-                           parent=ROOT_HANDLE, info=self.info, kind="u32",
+    def _ensure_hash_infrastructure(self, family: _Family) -> None:
+        classifier, report = self.installed.classifiers[family.ipv6], self.report
+        name = "IPv6 " if family.ipv6 else ""
+        if not classifier.have_table:
+            self.port.send(RTM_NEWTFILTER, NLM_F_CREATE | NLM_F_EXCL, f"add {name}u32 hash table",
+                           handle=family.htid << 20, parent=ROOT_HANDLE, info=family.info, kind="u32",
                            options=_nla(TCA_U32_DIVISOR, struct.pack("=I", HASH_DIVISOR)))
-            installed.have_table = True
+            classifier.have_table = True
             report.filters_added += 1
-        link_sel = _link_sel(self.plan.direction)
+        link_sel = _link_sel(self.plan.direction, family.ipv6, self.plan.ipv6_hash_byte)
         options = (_nla(TCA_U32_HASH, struct.pack("=I", TC_U32_ROOT))
-                   + _nla(TCA_U32_LINK, struct.pack("=I", HASH_HTID << 20)) + _nla(TCA_U32_SEL, link_sel))
-        link = installed.link
+                   + _nla(TCA_U32_LINK, struct.pack("=I", family.htid << 20)) + _nla(TCA_U32_SEL, link_sel))
+        link = classifier.link
         if link is not None:
             nested = link.nested
             if (nested.get(TCA_U32_SEL) == link_sel and nested.get(TCA_U32_LINK, b"")[:4] == struct.pack(
-                    "=I", HASH_HTID << 20) and TCA_U32_CLASSID not in nested
+                    "=I", family.htid << 20) and TCA_U32_CLASSID not in nested
                     and not any(attr in nested for attr in U32_FOREIGN_ATTRS)):
                 return
             # u32 keeps a node's selector on change: a different hash key needs a new node
-            self.port.send(RTM_DELTFILTER, 0, "delete u32 link", handle=link.handle, parent=ROOT_HANDLE,
-                           info=self.info, kind="u32")
+            self.port.send(RTM_DELTFILTER, 0, f"delete {name}u32 link", handle=link.handle, parent=ROOT_HANDLE,
+                           info=family.info, kind="u32")
             report.filters_changed += 1
         else:
             report.filters_added += 1
-        self.port.send(RTM_NEWTFILTER, NLM_F_CREATE | NLM_F_EXCL, "add u32 link to hash table", handle=LINK_NODE,
-                       parent=ROOT_HANDLE, info=self.info, kind="u32", options=options)
-        installed.link = _TcEntry(installed.root_htid << 20 | LINK_NODE, ROOT_HANDLE, self.info, "u32", options, {})
+        self.port.send(RTM_NEWTFILTER, NLM_F_CREATE | NLM_F_EXCL, f"add {name}u32 link to hash table",
+                       handle=LINK_NODE, parent=ROOT_HANDLE, info=family.info, kind="u32", options=options)
+        classifier.link = _TcEntry(classifier.root_htid << 20 | LINK_NODE, ROOT_HANDLE, family.info, "u32", options,
+                                   {})
 
     def _rule_options(self, rule: U32Rule, with_hash: bool) -> bytes:
         options = b""
         if with_hash:
-            table = TC_U32_ROOT if rule.bucket is None else HASH_HTID << 20 | rule.bucket << 12
+            table = TC_U32_ROOT if rule.bucket is None else _family(rule.ipv6).htid << 20 | rule.bucket << 12
             options += _nla(TCA_U32_HASH, struct.pack("=I", table))
         options += _nla(TCA_U32_CLASSID, struct.pack("=I", ROOT_HANDLE | rule.flow_minor))
         return options + _nla(TCA_U32_SEL, _rule_sel(rule.prefix, rule.dscp, self.plan.direction, rule.tcp_ack_only))
 
     def _add_rule(self, rule: U32Rule) -> None:
         # Root-list nodes are addressed by node only: the root table's id is the kernel's choice.
-        handle = rule.node if rule.bucket is None else HASH_HTID << 20 | rule.bucket << 12 | rule.node
+        handle = rule.node if rule.bucket is None else _family(rule.ipv6).htid << 20 | rule.bucket << 12 | rule.node
         self._send_rule(rule, handle, create=True)
 
     def _send_rule(self, rule: U32Rule, handle: int, create: bool) -> None:
@@ -1187,11 +1350,11 @@ class _Reconcile:
         self.port.send(RTM_NEWTFILTER, flags,
                        f"{verb} u32 {rule.prefix} {_rule_match(rule)} -> 1:{rule.flow_minor:x} "
                        f"(bucket {rule.bucket}, node {rule.node})",
-                       handle=handle, parent=ROOT_HANDLE, info=self.info, kind="u32",
+                       handle=handle, parent=ROOT_HANDLE, info=_family(rule.ipv6).info, kind="u32",
                        options=self._rule_options(rule, with_hash=create))
 
     def _delete_rule(self, rule: U32Rule) -> None:
-        key = (rule.bucket, rule.node)
-        handle = self.installed.rule_handles.get(key, _rule_handle(rule, self.installed.root_htid))
+        root_htid = self.installed.classifiers[rule.ipv6].root_htid
+        handle = self.installed.rule_handles.get(rule.key, _rule_handle(rule, root_htid))
         self.port.send(RTM_DELTFILTER, 0, f"delete u32 {rule.prefix} (bucket {rule.bucket}, node {rule.node})",
-                       handle=handle, parent=ROOT_HANDLE, info=self.info, kind="u32")
+                       handle=handle, parent=ROOT_HANDLE, info=_family(rule.ipv6).info, kind="u32")

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from satupintu.compile.plan import HtbClass, QueuePlan, U32Rule
 
-RuleKey = tuple[int | None, int]  # (bucket, node)
+RuleKey = tuple[bool, int | None, int]  # (ipv6, bucket, node): U32Rule.key
 
 
 @dataclass(slots=True)
@@ -61,8 +61,8 @@ def diff_queue_plans(desired: QueuePlan, actual_classes: list[HtbClass], actual_
     diff.add_classes, diff.change_classes, diff.remove_classes = _keyed_diff(want, have, _class_params)
     diff.add_classes.sort(key=lambda klass: (_depth(klass, want), klass.minor))
     diff.remove_classes.sort(key=lambda klass: (-_depth(klass, have), klass.minor))
-    want_rules: dict[RuleKey, U32Rule] = {(rule.bucket, rule.node): rule for rule in desired.rules}
-    have_rules: dict[RuleKey, U32Rule] = {(rule.bucket, rule.node): rule for rule in actual_rules}
+    want_rules: dict[RuleKey, U32Rule] = {rule.key: rule for rule in desired.rules}
+    have_rules: dict[RuleKey, U32Rule] = {rule.key: rule for rule in actual_rules}
     diff.add_rules, diff.change_rules, diff.remove_rules = _keyed_diff(want_rules, have_rules, _rule_params)
     return diff
 
@@ -74,3 +74,10 @@ def _class_params(klass: HtbClass) -> tuple:
 
 def _rule_params(rule: U32Rule) -> tuple:
     return (rule.prefix, rule.dscp, rule.tcp_ack_only, rule.flow_minor)
+
+
+def rule_counts(diff: QueueDiff, ipv6: bool) -> tuple[int, int, int]:
+    """(added, changed, removed) rules of one classifier (IPv4 or IPv6) in `diff`."""
+    return (sum(rule.ipv6 is ipv6 for rule in diff.add_rules),
+            sum(new.ipv6 is ipv6 for _old, new in diff.change_rules),
+            sum(rule.ipv6 is ipv6 for rule in diff.remove_rules))

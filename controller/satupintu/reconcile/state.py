@@ -7,7 +7,7 @@ from satupintu.compile.plan import DesiredState
 from satupintu.compile.state import compile_state
 from satupintu.policy.model import Policy
 from satupintu.reconcile.flows import diff_switch
-from satupintu.reconcile.queues import diff_queue_plans
+from satupintu.reconcile.queues import diff_queue_plans, rule_counts
 from satupintu.topology import Topology
 
 
@@ -36,9 +36,13 @@ def state_diff_lines(old: DesiredState, new: DesiredState) -> list[str]:
                          " bit/s")
         for klass in diff.remove_classes:
             lines.append(f"{plan.port} ({plan.direction.value}): remove class 1:{klass.minor:x} {klass.label}")
-        if diff.add_rules or diff.change_rules or diff.remove_rules:
-            lines.append(f"{plan.port} ({plan.direction.value}): u32 rules +{len(diff.add_rules)} "
-                         f"~{len(diff.change_rules)} -{len(diff.remove_rules)}")
+        for ipv6, family in ((False, ""), (True, "IPv6 ")):
+            added, changed, removed = rule_counts(diff, ipv6)
+            if added or changed or removed:
+                lines.append(f"{plan.port} ({plan.direction.value}): {family}u32 rules +{added} ~{changed} -{removed}")
+        if before is not None and before.ipv6_hash_byte != plan.ipv6_hash_byte and any(r.ipv6 for r in plan.rules):
+            lines.append(f"{plan.port} ({plan.direction.value}): IPv6 hash byte {before.ipv6_hash_byte}"
+                         f"->{plan.ipv6_hash_byte}")
     return lines or ["none"]
 
 
