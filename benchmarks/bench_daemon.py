@@ -55,7 +55,8 @@ class Daemon:
             [str(bed.PYTHON), *(["-m", "cProfile", "-o", str(profile)] if profile else []),
              "-m", "satupintu.cli", "run", "--policy", str(self.policy), "--topology", str(topology),
              "--openflow-listen", f"{bed.LISTEN[0]}:{bed.LISTEN[1]}", "--metrics-listen", METRICS_LISTEN,
-             "--pid-file", str(workdir / "daemon.pid"), "--status-file", str(self.status_file), "--no-watch",
+             "--pid-file", str(workdir / "daemon.pid"), "--status-file", str(self.status_file),
+             "--state-dir", str(workdir / "state"), "--no-watch",
              "--log-level", "WARNING"],
             stdout=subprocess.DEVNULL, stderr=open(workdir / "daemon.log", "w"))  # noqa: SIM115
 

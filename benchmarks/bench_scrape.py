@@ -95,7 +95,7 @@ def start_daemon(workdir: Path, opd_count: int, topology: Topology, openflow_por
         [str(PYTHON), "-m", "satupintu.cli", "run", "--policy", str(policy), "--topology", str(topology_file),
          "--openflow-listen", f"127.0.0.1:{openflow_port}", "--metrics-listen", f"127.0.0.1:{metrics_port}",
          "--pid-file", str(workdir / "daemon.pid"), "--status-file", str(workdir / "status.json"),
-         "--no-watch", "--log-level", "WARNING"],
+         "--state-dir", str(workdir / "state"), "--no-watch", "--log-level", "WARNING"],
         stdout=subprocess.DEVNULL, stderr=open(workdir / "daemon.log", "w"))
 
 

@@ -140,6 +140,19 @@ def repo_root() -> Path:
     return REPO_ROOT
 
 
+HOST_LAST_GOOD = Path("/var/lib/satupintu/last-good-policy.yaml")  # `satupintu run`'s default --state-dir
+
+
+@pytest.fixture(scope="session", autouse=True)
+def host_state_untouched() -> Iterator[None]:
+    """Every daemon a test starts keeps its last good policy in the test's own directory: a copy
+    left in the host's state directory would be enforced by the next `satupintu run` there."""
+    before = HOST_LAST_GOOD.stat().st_mtime_ns if HOST_LAST_GOOD.exists() else None
+    yield
+    after = HOST_LAST_GOOD.stat().st_mtime_ns if HOST_LAST_GOOD.exists() else None
+    assert after == before, f"a test wrote {HOST_LAST_GOOD}: pass --state-dir to every `satupintu run`"
+
+
 def _check(argv: list[str]) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT)
     if result.returncode != 0:

@@ -37,7 +37,8 @@ def test_daemon_listens_only_on_loopback_openflow_and_metrics(tmp_path: Path, ne
     daemon = subprocess.Popen(
         ["ip", "netns", "exec", netns, sys.executable, "-m", "satupintu.cli", "run",
          "--policy", str(REPO / "policies" / "minimal.yaml"), "--topology", str(tmp_path / "topology.yaml"),
-         "--pid-file", str(tmp_path / "pid"), "--status-file", str(status_file), *extra],
+         "--pid-file", str(tmp_path / "pid"), "--status-file", str(status_file), "--state-dir", str(tmp_path / "state"),
+         *extra],
         stdout=subprocess.DEVNULL, stderr=(tmp_path / "daemon.log").open("w"))
     try:
         deadline = time.monotonic() + 30
@@ -64,7 +65,7 @@ def test_port_in_use_is_a_clear_error_not_a_traceback(tmp_path: Path, taken: str
         result = subprocess.run(
             [sys.executable, "-m", "satupintu.cli", "run", "--policy", str(REPO / "policies" / "minimal.yaml"),
              "--topology", str(tmp_path / "topology.yaml"), "--pid-file", str(tmp_path / "pid"),
-             "--status-file", str(tmp_path / "status.json"),
+             "--status-file", str(tmp_path / "status.json"), "--state-dir", str(tmp_path / "state"),
              "--openflow-listen", listen["openflow"], "--metrics-listen", listen["metrics"]],
             capture_output=True, text=True, timeout=60)
     what = "OpenFlow" if taken == "openflow" else "metrics"

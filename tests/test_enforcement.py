@@ -299,7 +299,8 @@ def test_killing_and_restarting_the_controller_removes_nothing_and_traffic_flows
             [sys.executable, "-m", "satupintu.cli", "run", "--policy", emulation["policy_copy"],
              "--topology", emulation["topology"], "--scale", str(emulation["scale"]),
              "--openflow-listen", f"127.0.0.1:{emulation['openflow_port']}", "--metrics-listen", "off",
-             "--pid-file", str(Path(emulation["workdir"]) / "restart.pid"), "--status-file", str(status_file)],
+             "--pid-file", str(Path(emulation["workdir"]) / "restart.pid"), "--status-file", str(status_file),
+             "--state-dir", emulation["controller_state_dir"]],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         emulation["extra_processes"].append(restarted)
         deadline = time.monotonic() + 30

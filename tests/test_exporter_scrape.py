@@ -82,7 +82,7 @@ def testbed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
             [sys.executable, "-m", "satupintu.cli", "run", "--policy", str(policy_file), "--topology",
              str(topology_file), "--scale", str(SCALE), "--openflow-listen", f"127.0.0.1:{_free_port()}",
              "--metrics-listen", f"127.0.0.1:{metrics_port}", "--pid-file", str(workdir / "pid"),
-             "--status-file", str(workdir / "status.json"), "--no-watch"],
+             "--status-file", str(workdir / "status.json"), "--state-dir", str(workdir / "state"), "--no-watch"],
             stdout=subprocess.DEVNULL, stderr=open(workdir / "daemon.log", "w"))  # noqa: SIM115
         deadline = time.monotonic() + 60
         while not _shaped(workdir / "status.json", ports.values()):

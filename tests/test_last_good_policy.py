@@ -128,6 +128,9 @@ def test_a_restart_with_a_broken_policy_enforces_the_last_good_copy_until_it_is_
     metrics = _policy_metrics(daemon)
     assert 'satupintu_policy_reloads_total{result="failed"} 1' in metrics, metrics
     assert "satupintu_policy_last_reload_success 0" in metrics, metrics  # SatuPintuPolicyReloadFailed fires
+    written = daemon["copy"].stat().st_mtime  # when that policy was last applied, not 0 (1970)
+    assert any(line.startswith("satupintu_policy_last_good_reload_timestamp_seconds ")
+               and abs(float(line.split()[1]) - written) < 0.01 for line in metrics), metrics
     assert any(line.startswith("satupintu_policy_info{") and f'file="{daemon["copy"]}"' in line
                and copy_sha in line for line in metrics), metrics
     time.sleep(1.0)
@@ -204,3 +207,23 @@ def test_sighup_wakes_the_main_loop_at_once(run, tmp_path: Path) -> None:
     after = _save_and_wait(daemon, lambda path: None)
     assert before < after["generation"] <= before + 201
     assert _stop(daemon["process"]) == 0
+
+
+@pytest.mark.parametrize("with_copy", [False, True], ids=["no copy: exit 2", "copy: enforced"])
+def test_a_valid_policy_that_does_not_compile_against_the_topology_is_not_started_with(
+        run, tmp_path: Path, with_copy: bool) -> None:
+    """jateng-50 is valid but names OPDs this topology does not attach: never run with nothing in force."""
+    state = tmp_path / "state"
+    if with_copy:
+        state.mkdir()
+        (state / LAST_GOOD_NAME).write_bytes(VALID)
+    daemon = run(5, state, (REPO / "policies" / "jateng-50.yaml").read_bytes())
+    if not with_copy:
+        assert daemon["process"].wait(timeout=60) == 2
+        err = daemon["log"].read_text()
+        assert f"{daemon['policy']}: topology" in err and "does not attach: " in err, err
+        assert f"no last good copy of the policy ({state / LAST_GOOD_NAME})" in err and "Traceback" not in err
+        return
+    status = _wait(daemon, _generation(1))
+    assert status["enforced_file"] == str(daemon["copy"]) and status["reloads_failed"] == 1
+    assert any("does not attach: " in message for message in status["last_reload"]["messages"]), status

@@ -182,7 +182,8 @@ def _restart_controller(emulation: dict) -> subprocess.Popen:
         [sys.executable, "-m", "satupintu.cli", "run", "--policy", emulation["policy_copy"],
          "--topology", emulation["topology"], "--scale", str(emulation["scale"]),
          "--openflow-listen", f"127.0.0.1:{OPENFLOW_PORT}", "--metrics-listen", METRICS,
-         "--pid-file", emulation["controller_pid_file"], "--status-file", emulation["controller_status_file"]],
+         "--pid-file", emulation["controller_pid_file"], "--status-file", emulation["controller_status_file"],
+         "--state-dir", emulation["controller_state_dir"]],
         stdout=open(workdir / "restarted.log", "ab"), stderr=subprocess.STDOUT)  # noqa: SIM115
     emulation["restarted"].append(process)
     return process

@@ -71,7 +71,8 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
                 ["ip", "netns", "exec", ns, sys.executable, "-m", "satupintu.cli", "run", "--policy", str(policy),
                  "--topology", str(TOPOLOGY), "--scale", "0.01", "--openflow-listen", "127.0.0.1:6653",
                  "--metrics-listen", "127.0.0.1:9733", "--pid-file", str(workdir / "daemon.pid"),
-                 "--status-file", str(status_file)], stdout=log, stderr=subprocess.STDOUT)
+                 "--status-file", str(status_file), "--state-dir", str(workdir / "state")],
+                stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60
         while True:
             status = read_status(status_file)

@@ -165,6 +165,7 @@ def _start_daemon(tmp_path: Path, notify_path: str, watchdog_usec: int, **settin
         "SATUPINTU_POLICY": str(policy), "SATUPINTU_TOPOLOGY": str(tmp_path / "topology.yaml"),
         "SATUPINTU_OPENFLOW_LISTEN": OPENFLOW, "SATUPINTU_METRICS_LISTEN": METRICS,
         "SATUPINTU_PID_FILE": str(tmp_path / "pid"), "SATUPINTU_STATUS_FILE": str(tmp_path / "status.json"),
+        "SATUPINTU_STATE_DIR": str(tmp_path / "state"),
         **settings,
     })
     return subprocess.Popen([sys.executable, "-m", "satupintu.cli", "run"], env=env,

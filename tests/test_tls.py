@@ -378,7 +378,8 @@ def _daemon(tmp_path: Path, *extra: str, listen: str = f"127.0.0.1:{TLS_PORT}") 
     return [sys.executable, "-m", "satupintu.cli", "run", "--policy", str(REPO / "policies" / "minimal.yaml"),
             "--topology", str(REPO / "topologies" / "star-50.yaml"), "--openflow-listen", listen,
             "--metrics-listen", "off", "--pid-file", str(tmp_path / "daemon.pid"),
-            "--status-file", str(tmp_path / "status.json"), "--no-watch", *extra]
+            "--status-file", str(tmp_path / "status.json"), "--state-dir", str(tmp_path / "state"),
+            "--no-watch", *extra]
 
 
 def _tls_options(pki: Pki, key: str = "controller", cert: str = "controller", ca: str = "ca") -> list[str]:

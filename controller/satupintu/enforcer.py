@@ -173,6 +173,8 @@ class Enforcer:
                   "until the file is fixed (it is still watched, and reloaded on SIGHUP):\n%s", self.source_path,
                   len(messages), copy, _when(prepared.mtime), prepared.loaded.sha256[:12], "\n".join(messages))
         self._enforce(prepared)
+        # The copy was written when that policy was last applied: its age is the honest one to show.
+        self.status.last_good_reload = prepared.mtime
         return True
 
     def _keep_last_good(self, raw: bytes) -> None:

@@ -8,7 +8,6 @@ import io
 import json
 import logging
 import os
-import queue
 import signal
 import sys
 import time
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from satupintu.commands.environment import defaults_from_environment, report_environment_errors
 from satupintu.policy.errors import PolicyError
+from satupintu.signals import Signals
 
 if TYPE_CHECKING:
     from satupintu.drivers.openflow import OpenFlowDriver
@@ -102,44 +102,6 @@ def _configure_logging(level: str) -> None:
     logging.basicConfig(level=level, handlers=[handler])
 
 
-class _Signals:
-    """Signal handlers only set a flag and wake the main loop, which does the work at once.
-
-    The wake-up is a queue.SimpleQueue, not a threading.Event: Event.set() takes the Event's own
-    lock, which is not reentrant, and the handler runs in the main thread, so a signal arriving
-    while that thread holds the lock inside wait() or clear() hangs the daemon for good (a
-    SIGHUP storm does it within seconds). SimpleQueue.put() is reentrant by design."""
-
-    def __init__(self) -> None:
-        self.stop = False
-        self.reload = False
-        self._wake: queue.SimpleQueue[None] = queue.SimpleQueue()
-        signal.signal(signal.SIGTERM, self._on_stop)
-        signal.signal(signal.SIGINT, self._on_stop)
-        signal.signal(signal.SIGHUP, self._on_reload)
-
-    def _on_stop(self, *_: object) -> None:
-        self.stop = True
-        self._wake.put(None)
-
-    def _on_reload(self, *_: object) -> None:
-        self.reload = True
-        self._wake.put(None)
-
-    def wait(self, timeout: float) -> bool:
-        """Sleep until a signal comes or `timeout` passes; True when the daemon should stop."""
-        with contextlib.suppress(queue.Empty):
-            self._wake.get(timeout=max(0.0, timeout))
-        while not self._wake.empty():  # one pass of the loop answers every signal so far
-            self._wake.get_nowait()
-        return self.stop
-
-    def take_reload(self) -> bool:
-        """Whether a SIGHUP came; reset before the reload, so one during it brings another."""
-        requested, self.reload = self.reload, False
-        return requested
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     _configure_logging(args.log_level)
     from satupintu.commands.policy import load_or_report
@@ -156,6 +118,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         for issue in error.issues:
             print(issue, file=sys.stderr)
         return 2
+    if policy_valid:  # valid is not enough: it must also compile against this topology
+        problems = _compile_problems(args, topology)
+        if problems:
+            policy_valid = False
+            policy_report.write("".join(f"{line}\n" for line in problems))
     # An invalid policy file with a last good copy that compiles: the daemon starts and enforces
     # the copy (the Enforcer logs why); the report is printed only when it exits here.
     stand_in = [] if policy_valid else _last_good_problems(args, topology)
@@ -186,6 +153,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     return Daemon(args, topology, (of_host, of_port), tls).run()
 
 
+def _compile_problems(args: argparse.Namespace, topology: Topology) -> list[str]:
+    """Why a valid policy file still cannot be enforced here (the topology lacks an OPD, ...)."""
+    from satupintu.enforcer import Unusable, prepare
+
+    try:
+        prepare(Path(args.policy), topology, scale=args.scale, now=datetime.now(UTC))
+    except Unusable as error:
+        return error.messages
+    return []
+
+
 def _last_good_problems(args: argparse.Namespace, topology: Topology) -> list[str]:
     """Why the last good copy cannot stand in for the invalid policy file ([] when it can)."""
     from satupintu.enforcer import LAST_GOOD_NAME, Unusable, prepare
@@ -214,7 +192,7 @@ class Daemon:
         from satupintu.metrics.exporter import Metrics
 
         args = self.args
-        signals = _Signals()
+        signals = Signals()
         notifier = SystemdNotifier()
         metrics = Metrics()
         try:

@@ -22,7 +22,6 @@ import functools
 import json
 import logging
 import os
-import signal
 import socket
 import ssl
 import sys
@@ -45,6 +44,7 @@ from satupintu.drivers.tls import TlsConfigError
 from satupintu.drivers.tls import accept as tls_accept
 from satupintu.drivers.tls import server_context as tls_server_context
 from satupintu.reconcile.flows import SwitchDiff, diff_switch, is_ours
+from satupintu.signals import Signals
 
 log = logging.getLogger("satupintu.openflow")
 
@@ -690,10 +690,7 @@ def main(argv: list[str] | None = None) -> int:
     status_path = Path(args.status)
     history: list[dict] = []
     lock = threading.Lock()
-    stop, reload = threading.Event(), threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    signal.signal(signal.SIGHUP, lambda *_: reload.set())
+    signals = Signals()
     options = {"retry_s": 2.0, "verify_on_change": not args.no_verify_on_change}
     try:
         driver = run_controller(options, listen_host=host.strip("[]"), listen_port=int(port), tls=tls)
@@ -710,9 +707,8 @@ def main(argv: list[str] | None = None) -> int:
     driver.add_reconcile_listener(publish)
     driver.set_desired(plans_from_json(Path(args.plan).read_text()))
     publish()
-    while not stop.wait(0.2):
-        if reload.is_set():
-            reload.clear()
+    while not signals.wait(0.2):
+        if signals.take_reload():
             driver.set_desired(plans_from_json(Path(args.plan).read_text()))
             log.info("plan file re-read")
     return 0

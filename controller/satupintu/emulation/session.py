@@ -44,13 +44,14 @@ class ControllerProcess:
         self.status_file = workdir / "status.json"
         self.pid_file = workdir / "controller.pid"
         self.log_file = workdir / "controller.log"
+        self.state_dir = workdir / "state"  # its own last good policy copy, never the host's /var/lib/satupintu
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
         argv = [sys.executable, "-m", "satupintu.cli", "run", "--policy", self.policy, "--topology", self.topology,
                 "--scale", str(self.scale), "--openflow-listen", f"127.0.0.1:{self.openflow_port}",
                 "--metrics-listen", self.metrics_listen, "--pid-file", str(self.pid_file),
-                "--status-file", str(self.status_file)]
+                "--status-file", str(self.status_file), "--state-dir", str(self.state_dir)]
         self.status_file.unlink(missing_ok=True)
         with open(self.log_file, "ab") as log_handle:
             self.process = subprocess.Popen(argv, stdout=log_handle, stderr=log_handle, start_new_session=True)
@@ -137,6 +138,7 @@ class EmulationSession:
         info.update({"controller_pid": self.controller.process.pid if self.controller.process else None,
                      "controller_status_file": str(self.controller.status_file),
                      "controller_pid_file": str(self.controller.pid_file),
+                     "controller_state_dir": str(self.controller.state_dir),
                      "controller_log": str(self.controller.log_file),
                      "policy": self.policy_path, "topology": self.topology_path,
                      "openflow_port": self.openflow_port})
