@@ -191,10 +191,12 @@ class Controller:
         stop_process(self.process, timeout_s=10)
 
 
-def apply_tc(state, only: list[str] | None = None) -> tuple[float, list[ApplyReport]]:
-    shaper = TcShaper()
+def apply_tc(state, only: list[str] | None = None, shaper: TcShaper | None = None,
+             verify: bool = True) -> tuple[float, list[ApplyReport]]:
+    """verify=False, with the shaper that built the ports, is what the enforcer does on a policy change."""
+    shaper = shaper or TcShaper()
     started = time.perf_counter()
-    reports = [shaper.apply(plan) for plan in state.queues if only is None or plan.port in only]
+    reports = [shaper.apply(plan, verify=verify) for plan in state.queues if only is None or plan.port in only]
     return time.perf_counter() - started, reports
 
 
@@ -211,7 +213,8 @@ def run_once(opd_count: int, workdir: Path, verify_on_change: bool = True) -> di
     try:
         controller.start(plans)
         # 1. full build: tc first, then the switches connect.
-        out["tc build s"], reports = apply_tc(state)
+        shaper = TcShaper()
+        out["tc build s"], reports = apply_tc(state, shaper=shaper)
         out["tc build requests"] = sum(report.requests for report in reports)
         started = time.time()
         sh("ovs-vsctl", "set-controller", GW, f"tcp:{LISTEN[0]}:{LISTEN[1]}", "--",
@@ -243,10 +246,12 @@ def run_once(opd_count: int, workdir: Path, verify_on_change: bool = True) -> di
         new_plans = plans_of(changed)
         out["ceiling: OF plans changed"] = sum(new_plans[dpid] != plans[dpid] for dpid in plans)
         controller.reload(new_plans)
-        # As the enforcer does: only ports whose QueuePlan changed are read back and updated.
+        # As the enforcer does: only ports whose QueuePlan changed, sent as the difference from the
+        # plan the shaper last verified (a rate-only change reads nothing back).
         changed_ports = [new.port for new, old in zip(changed.queues, state.queues, strict=True) if new != old]
         out["ceiling: tc ports changed"] = len(changed_ports)
-        out["ceiling: tc s"], reports = apply_tc(changed, only=changed_ports)
+        out["ceiling: tc s"], reports = apply_tc(changed, only=changed_ports, shaper=shaper, verify=False)
+        out["ceiling: tc read back"] = sum(report.read_back for report in reports)
         out["ceiling: tc requests"] = sum(report.requests for report in reports)
         out["ceiling: tc class changes"] = sum(report.changes for report in reports)
         time.sleep(0.5)  # give the driver time to (wrongly) reconcile
