@@ -141,10 +141,6 @@ class Enforcer:
         self.status.generation += 1
         self.status.policy_sha256 = prepared.loaded.sha256
 
-    def _compile(self, loaded: LoadedPolicy, window: str) -> DesiredState:
-        return compile_state(loaded.policy, self.topology, window=window, scale=self.scale,
-                             policy_hash=loaded.sha256)
-
     def _rejected(self, reason: str, started: float, mtime: float | None, messages: list[str]) -> bool:
         self._mtime = mtime
         self.status.reloads_failed += 1
@@ -281,7 +277,7 @@ class Enforcer:
         if window == self.status.window:
             return False
         log.info("schedule window %s -> %s", self.status.window, window)
-        desired = self._compile(self.loaded, window)
+        desired = compile_loaded(self.loaded, self.in_force, self.topology, scale=self.scale, window=window)
         self._apply(desired)
         self.status.generation += 1
         self.write_status()
@@ -356,13 +352,19 @@ def prepare(path: Path, topology: Topology, *, scale: float, now: datetime) -> P
         except OSError as error:
             raise PolicyError([Issue(name, 1, 1, f"cannot read file: {error.strerror or error}")]) from None
         loaded = load_policy_bytes(raw, name)
-        desired = compile_state(loaded.policy, topology, window=active_window(loaded.policy, now), scale=scale,
-                                policy_hash=loaded.sha256)
     except PolicyError as error:
         raise Unusable([str(issue) for issue in error.issues]) from None
-    except ValueError as error:  # compile-time impossibilities (topology lacks an OPD, u32 limits)
-        raise Unusable([f"{name}: {error}"]) from None
+    desired = compile_loaded(loaded, path, topology, scale=scale, window=active_window(loaded.policy, now))
     return Prepared(path, raw, mtime, loaded, desired)
+
+
+def compile_loaded(loaded: LoadedPolicy, path: str | Path, topology: Topology, *, scale: float,
+                   window: str) -> DesiredState:
+    """Compile a validated policy against the topology, or raise Unusable."""
+    try:
+        return compile_state(loaded.policy, topology, window=window, scale=scale, policy_hash=loaded.sha256)
+    except ValueError as error:  # compile-time impossibilities (topology lacks an OPD, u32 limits)
+        raise Unusable([f"{path}: {error}"]) from None
 
 
 def write_atomically(path: Path, data: bytes) -> None:

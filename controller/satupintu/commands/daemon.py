@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from satupintu.drivers.systemd_notify import SystemdNotifier
     from satupintu.enforcer import Enforcer
     from satupintu.metrics.exporter import Metrics
+    from satupintu.policy.load import LoadedPolicy
     from satupintu.topology import Topology
 
 log = logging.getLogger("satupintu.daemon")
@@ -110,7 +111,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if report_environment_errors(args):
         return 2
     with contextlib.redirect_stderr(io.StringIO()) as policy_report:
-        policy_valid = load_or_report(args.policy) is not None
+        loaded = load_or_report(args.policy)
+    policy_valid = loaded is not None
     try:
         topology = load_topology(args.topology)
     except PolicyError as error:
@@ -118,8 +120,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         for issue in error.issues:
             print(issue, file=sys.stderr)
         return 2
-    if policy_valid:  # valid is not enough: it must also compile against this topology
-        problems = _compile_problems(args, topology)
+    if loaded is not None:  # valid is not enough: it must also compile against this topology
+        problems = _compile_problems(args, loaded, topology)
         if problems:
             policy_valid = False
             policy_report.write("".join(f"{line}\n" for line in problems))
@@ -153,12 +155,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     return Daemon(args, topology, (of_host, of_port), tls).run()
 
 
-def _compile_problems(args: argparse.Namespace, topology: Topology) -> list[str]:
+def _compile_problems(args: argparse.Namespace, loaded: LoadedPolicy, topology: Topology) -> list[str]:
     """Why a valid policy file still cannot be enforced here (the topology lacks an OPD, ...)."""
-    from satupintu.enforcer import Unusable, prepare
+    from satupintu.enforcer import Unusable, compile_loaded
+    from satupintu.policy.schedule import active_window
 
     try:
-        prepare(Path(args.policy), topology, scale=args.scale, now=datetime.now(UTC))
+        compile_loaded(loaded, args.policy, topology, scale=args.scale,
+                       window=active_window(loaded.policy, datetime.now(UTC)))
     except Unusable as error:
         return error.messages
     return []

@@ -129,7 +129,7 @@ def _rules(policy: Policy) -> tuple[list[U32Rule], int]:
     ipv4 = [entry for entry in entries if entry[0].version == 4]
     ipv6 = [entry for entry in entries if entry[0].version == 6]
     hash_byte = ipv6_hash_byte([net for net, _owner, _pool in ipv6])
-    rules = _family_rules(policy, ipv4, lambda net: _ipv4_bucket(net))
+    rules = _family_rules(policy, ipv4, _ipv4_bucket)
     rules += _family_rules(policy, ipv6, lambda net: _ipv6_bucket(net, hash_byte))
     rules.sort(key=lambda rule: (rule.ipv6, rule.bucket is not None, rule.bucket or 0, rule.node))
     return rules, hash_byte

@@ -958,8 +958,7 @@ class TcShaper:
             if not fallback:
                 self._matched[key] = (plan, kind)
                 return report
-            report = replace(ApplyReport(plan.port, netns, leaf_qdisc=kind, requests=report.requests),
-                             fallback=fallback)
+            report = ApplyReport(plan.port, netns, leaf_qdisc=kind, requests=report.requests, fallback=fallback)
         with _open_port(netns, plan.port, report) as port:
             installed = self._ensure_root(port, plan, report)
             if not report.rebuilt:
